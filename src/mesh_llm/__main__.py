@@ -1,0 +1,5 @@
+"""``python -m mesh_llm`` runs the CLI."""
+
+from mesh_llm.cli import main
+
+raise SystemExit(main())

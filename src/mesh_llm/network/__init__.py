@@ -1,0 +1,3 @@
+"""network package."""
+
+__all__: list[str] = []

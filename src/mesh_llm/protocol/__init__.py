@@ -1,0 +1,3 @@
+"""protocol package."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""runtime package."""
+
+__all__: list[str] = []
