@@ -1,3 +1,6 @@
-"""api package."""
+"""Management API on :3131 (status, events, runtime) and the console page."""
 
-__all__: list[str] = []
+from mesh_llm.api.hub import ChangeHub
+from mesh_llm.api.server import ManagementServer
+
+__all__ = ["ChangeHub", "ManagementServer"]

@@ -1,3 +1,5 @@
-"""cli package."""
+"""Command-line interface: argument parsing, command handlers, logging set-up."""
 
-__all__: list[str] = []
+from mesh_llm.cli.main import main
+
+__all__ = ["main"]

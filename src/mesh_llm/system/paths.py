@@ -1,6 +1,7 @@
 """Where mesh-llm keeps its files.
 
-- State (keys, pid registry, child logs): ``$MESH_LLM_HOME`` or ``~/.mesh-llm``. Tests give every node its own.
+- State (keys, pid registry, child logs): ``$MESH_LLM_HOME`` or ``~/.mesh-llm``; tests give
+  every node its own.
 - Cache (llama.cpp builds, RPC tensor cache): ``$MESH_LLM_CACHE`` or ``$XDG_CACHE_HOME/mesh-llm``
   (``~/.cache/mesh-llm``). Shared by every node of a user.
 - Model store (models we download or extract ourselves): ``$MESH_LLM_MODELS_DIR`` or ``~/.models``.
@@ -47,7 +48,7 @@ def models_dir() -> Path:
 
 
 def hf_hub_cache() -> Path:
-    """The Hugging Face hub cache: ``HF_HUB_CACHE`` > ``HF_HOME/hub`` > ``~/.cache/huggingface/hub``."""
+    """The HF hub cache: ``HF_HUB_CACHE`` > ``HF_HOME/hub`` > ``~/.cache/huggingface/hub``."""
     if env := os.environ.get("HF_HUB_CACHE"):
         return Path(env).expanduser()
     if env := os.environ.get("HF_HOME"):

@@ -1,0 +1,199 @@
+"""Management API and console on :3131.
+
+Raw HTTP/1.1, one request per connection, 5 s to send the request (then the connection is closed
+silently, as in the original). Routes:
+
+- ``GET /api/status``: the node's status JSON (built synchronously from in-memory state);
+- ``GET /api/events``: SSE; the full status on connect, again on every change, ``: keepalive`` after
+  15 s idle;
+- ``GET /api/runtime``, ``GET /api/runtime/processes``;
+- ``GET /`` (and ``/dashboard``, ``/chat``): the console page.
+
+Errors are ``{"error": msg}`` with a matching status; unknown routes 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import logging
+from collections.abc import Callable
+from importlib import resources
+
+from mesh_llm.api.hub import ChangeHub
+from mesh_llm.errors import HttpProtocolError, PortInUseError, ProtocolError
+from mesh_llm.protocol import RequestComplete, RequestReader, render_response
+
+__all__ = ["ManagementServer"]
+
+log = logging.getLogger(__name__)
+
+READ_TIMEOUT_S = 5.0
+KEEPALIVE_S = 15.0
+MAX_BODY = 1024 * 1024
+
+JsonFn = Callable[[], dict[str, object]]
+
+
+def _json(status: int, payload: object, extra: tuple[tuple[str, str], ...] = ()) -> bytes:
+    body = json.dumps(payload).encode()
+    headers = (("Content-Type", "application/json"), ("Access-Control-Allow-Origin", "*"), *extra)
+    return render_response(status, headers, body)
+
+
+def _error(status: int, message: str) -> bytes:
+    return _json(status, {"error": message})
+
+
+class ManagementServer:
+    """The :3131 server; data comes from callbacks, so the API stays independent of the runtime."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        status: JsonFn,
+        runtime_models: JsonFn,
+        runtime_processes: JsonFn,
+        hub: ChangeHub,
+        keepalive_s: float = KEEPALIVE_S,
+    ) -> None:
+        self._host = host
+        self._requested_port = port
+        self._status = status
+        self._runtime_models = runtime_models
+        self._runtime_processes = runtime_processes
+        self._hub = hub
+        self._keepalive_s = keepalive_s
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+        self.port = port
+
+    async def start(self) -> None:
+        try:
+            self._server = await asyncio.start_server(
+                self._on_client, self._host, self._requested_port
+            )
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUseError(
+                    f"console port {self._requested_port} is already in use "
+                    "(choose another with --console)"
+                ) from exc
+            raise PortInUseError(
+                f"cannot listen on {self._host}:{self._requested_port}: {exc}"
+            ) from exc
+        self.port = int(self._server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._handlers):
+            task.cancel()
+        if self._handlers:
+            await asyncio.gather(*self._handlers, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+            self._server = None
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            await self._handle(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except Exception:
+            log.exception("management API handler failed")
+        finally:
+            self._handlers.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _read_request(self, reader: asyncio.StreamReader) -> tuple[str, str] | None:
+        parser = RequestReader(max_body=MAX_BODY)
+        try:
+            async with asyncio.timeout(READ_TIMEOUT_S):
+                while True:
+                    data = await reader.read(65536)
+                    if not data:
+                        parser.feed_eof()
+                    for event in parser.feed(data):
+                        if isinstance(event, RequestComplete):
+                            return event.request.method, event.request.path
+        except TimeoutError:
+            return None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await self._read_request(reader)
+        except HttpProtocolError as exc:
+            writer.write(_error(exc.status, exc.message))
+            await writer.drain()
+            return
+        except ProtocolError:
+            return
+        if request is None:
+            return  # too slow: close silently
+        method, path = request
+        if method == "OPTIONS":
+            writer.write(
+                render_response(
+                    204,
+                    (
+                        ("Access-Control-Allow-Origin", "*"),
+                        ("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS"),
+                        ("Access-Control-Allow-Headers", "*"),
+                    ),
+                    b"",
+                )
+            )
+        elif method != "GET":
+            writer.write(_error(405, f"method {method} not allowed on {path}"))
+        elif path == "/api/status":
+            writer.write(await self._status_response())
+        elif path == "/api/events":
+            await self._events(writer)
+            return
+        elif path == "/api/runtime":
+            writer.write(_json(200, self._runtime_models()))
+        elif path == "/api/runtime/processes":
+            writer.write(_json(200, self._runtime_processes()))
+        elif path in ("/", "/index.html", "/dashboard") or path.startswith("/chat"):
+            page = resources.files("mesh_llm.api").joinpath("assets/index.html").read_bytes()
+            writer.write(
+                render_response(200, (("Content-Type", "text/html; charset=utf-8"),), page)
+            )
+        else:
+            writer.write(_error(404, f"no route for {path}"))
+        await writer.drain()
+
+    async def _status_response(self) -> bytes:
+        return _json(200, self._status())
+
+    async def _events(self, writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\n"
+            b"Content-Type: text/event-stream\r\n"
+            b"Cache-Control: no-cache\r\n"
+            b"X-Accel-Buffering: no\r\n"
+            b"Access-Control-Allow-Origin: *\r\n"
+            b"Connection: close\r\n\r\n"
+        )
+        version = self._hub.version
+        writer.write(b"data: " + json.dumps(self._status()).encode() + b"\n\n")
+        await writer.drain()
+        while True:
+            new_version = await self._hub.wait_after(version, self._keepalive_s)
+            if new_version == version:
+                writer.write(b": keepalive\n\n")
+            else:
+                version = new_version
+                writer.write(b"data: " + json.dumps(self._status()).encode() + b"\n\n")
+            await writer.drain()

@@ -1,0 +1,81 @@
+"""The default command: run a node."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from mesh_llm.errors import ConfigError
+from mesh_llm.runtime import Node, NodeConfig
+
+__all__ = ["add_run_arguments", "config_from_args", "run"]
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("run a node")
+    group.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="M",
+        help="model to serve: catalog name, installed name, path, org/repo[@rev]/file.gguf "
+        "or HF URL"
+        " (repeatable)",
+    )
+    group.add_argument("--gguf", action="append", default=[], type=Path, metavar="PATH",
+                       help="serve this GGUF file (repeatable)")  # fmt: skip
+    group.add_argument("--port", type=int, default=9337, help="OpenAI API port (default 9337)")
+    group.add_argument("--console", type=int, default=3131, metavar="PORT",
+                       help="management API and console port (default 3131)")  # fmt: skip
+    group.add_argument("--listen-all", action="store_true",
+                       help="bind the API and console on 0.0.0.0 instead of 127.0.0.1")  # fmt: skip
+    group.add_argument("--max-vram", type=float, metavar="GB",
+                       help="cap the memory this node offers (GB = 1e9 bytes)")  # fmt: skip
+    group.add_argument("--ctx-size", type=int, metavar="N",
+                       help="llama-server context size (default: from free memory)")  # fmt: skip
+    group.add_argument("--parallel", type=int, default=8, metavar="N",
+                       help="concurrent request slots per llama-server (default 8)")  # fmt: skip
+    group.add_argument("--bin-dir", type=Path, metavar="DIR",
+                       help="dir of llama-server, rpc-server (env MESH_LLM_BIN_DIR)")  # fmt: skip
+    group.add_argument("--backend", choices=["cpu", "cuda", "metal", "vulkan", "hip"],
+                       help="llama.cpp backend to build/use (default: detected)")  # fmt: skip
+    group.add_argument("--device", metavar="DEV",
+                       help="rpc-server device, e.g. CUDA0 or CPU (default: detected)")  # fmt: skip
+
+
+def config_from_args(args: argparse.Namespace) -> NodeConfig:
+    for port_name in ("port", "console"):
+        value = getattr(args, port_name)
+        if not 0 <= value <= 65535:
+            raise ConfigError(f"--{port_name} {value} is not a valid port")
+    if args.max_vram is not None and args.max_vram < 0:
+        raise ConfigError("--max-vram must be >= 0")
+    if args.ctx_size is not None and args.ctx_size < 256:
+        raise ConfigError("--ctx-size must be at least 256")
+    if args.parallel < 1:
+        raise ConfigError("--parallel must be at least 1")
+    for path in args.gguf:
+        if not path.is_file():
+            raise ConfigError(f"--gguf {path}: no such file")
+    return NodeConfig(
+        models=tuple(args.model),
+        gguf=tuple(args.gguf),
+        port=args.port,
+        console_port=args.console,
+        listen_all=args.listen_all,
+        max_vram_gb=args.max_vram,
+        ctx_size=args.ctx_size,
+        bin_dir=args.bin_dir,
+        device=args.device,
+        backend=args.backend,
+        parallel=args.parallel,
+    )
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    config = config_from_args(args)
+    if not config.models and not config.gguf:
+        parser.print_help()
+        return 0
+    return asyncio.run(Node(config).run())

@@ -1,0 +1,382 @@
+"""Locate or build the llama.cpp binaries mesh-llm runs (``llama-server`` and ``rpc-server``).
+
+Lookup order:
+
+1. ``--bin-dir`` / ``MESH_LLM_BIN_DIR``;
+2. ``PATH`` (``llama-server``; ``rpc-server`` or ``ggml-rpc-server``);
+3. the build cache ``~/.cache/mesh-llm/llama.cpp/<commit>-<backend>/bin``.
+
+When none has them, :func:`build_backend` builds the pinned source: the llama.cpp tree vendored
+in the ``llama-cpp-python==0.3.36`` sdist on PyPI (llama.cpp commit ``0c1e570``), only the
+``llama-server`` and ``ggml-rpc-server`` targets, static, with ``GGML_RPC=ON``. The build identity
+(commit + backend) is recorded in ``build-info.json`` beside the binaries; RPC peers must run the
+same build.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mesh_llm.errors import BackendBuildError, BackendNotFoundError
+from mesh_llm.system import cache_dir
+
+__all__ = [
+    "LLAMA_CPP_COMMIT",
+    "Backend",
+    "BackendBinaries",
+    "build_backend",
+    "detect_backend",
+    "ensure_backend",
+    "locate_backend",
+    "probe_devices",
+]
+
+log = logging.getLogger(__name__)
+
+LLAMA_CPP_COMMIT = "0c1e570"
+SDIST_PACKAGE = "llama-cpp-python"
+SDIST_VERSION = "0.3.36"
+SERVER_NAME = "llama-server"
+RPC_NAMES = ("rpc-server", "ggml-rpc-server")
+BUILD_TARGETS = ("llama-server", "ggml-rpc-server")
+
+
+class Backend(enum.StrEnum):
+    """The compute backend a llama.cpp build targets."""
+
+    CPU = "cpu"
+    CUDA = "cuda"
+    METAL = "metal"
+    VULKAN = "vulkan"
+    HIP = "hip"
+
+    @property
+    def is_gpu(self) -> bool:
+        return self is not Backend.CPU
+
+
+_CMAKE_FLAGS: dict[Backend, tuple[str, ...]] = {
+    Backend.CPU: (),
+    Backend.CUDA: ("-DGGML_CUDA=ON",),
+    Backend.METAL: ("-DGGML_METAL=ON",),
+    Backend.VULKAN: ("-DGGML_VULKAN=ON",),
+    Backend.HIP: ("-DGGML_HIP=ON",),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class BackendBinaries:
+    """Where the binaries are and which build they come from."""
+
+    llama_server: Path
+    rpc_server: Path
+    source: str  # "bin-dir" | "path" | "cache"
+    commit: str | None
+    backend: Backend | None
+
+    @property
+    def build_id(self) -> str:
+        """Identity gossiped to peers: RPC splits only use workers with an equal build id."""
+        return f"{self.commit or 'unknown'}-{self.backend.value if self.backend else 'unknown'}"
+
+
+def detect_backend() -> Backend:
+    """Pick the backend whose toolkit *and* device are present; CPU otherwise."""
+    if sys.platform == "darwin":
+        return Backend.METAL
+    if shutil.which("nvcc") and _has_nvidia_gpu():
+        return Backend.CUDA
+    if shutil.which("hipcc") and shutil.which("rocm-smi"):
+        return Backend.HIP
+    if shutil.which("glslc") and shutil.which("vulkaninfo"):
+        return Backend.VULKAN
+    return Backend.CPU
+
+
+def _has_nvidia_gpu() -> bool:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return int(pynvml.nvmlDeviceGetCount()) > 0
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - NVML raises its own tree, or OSError when the library is absent
+        return False
+
+
+def build_dir(backend: Backend) -> Path:
+    return cache_dir() / "llama.cpp" / f"{LLAMA_CPP_COMMIT}-{backend.value}"
+
+
+def _read_build_info(bin_dir: Path) -> tuple[str | None, Backend | None]:
+    for candidate in (bin_dir / "build-info.json", bin_dir.parent / "build-info.json"):
+        try:
+            info = json.loads(candidate.read_text())
+        except (OSError, ValueError):
+            continue
+        try:
+            return str(info["commit"]), Backend(info["backend"])
+        except (KeyError, ValueError):
+            return None, None
+    return None, None
+
+
+def _find_in_dir(directory: Path) -> tuple[Path, Path] | None:
+    server = directory / SERVER_NAME
+    if not _is_executable(server):
+        return None
+    for name in RPC_NAMES:
+        rpc = directory / name
+        if _is_executable(rpc):
+            return server, rpc
+    return None
+
+
+def _is_executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def locate_backend(
+    bin_dir: str | Path | None = None, backend: Backend | None = None
+) -> BackendBinaries:
+    """Find the binaries without building; the error names every place searched."""
+    searched: list[str] = []
+    explicit = bin_dir or os.environ.get("MESH_LLM_BIN_DIR")
+    if explicit:
+        directory = Path(explicit).expanduser()
+        found = _find_in_dir(directory)
+        if found is None:
+            raise BackendNotFoundError(
+                f"no llama-server and rpc-server/ggml-rpc-server in --bin-dir {directory}"
+            )
+        commit, be = _read_build_info(directory)
+        return BackendBinaries(found[0], found[1], "bin-dir", commit, be)
+    searched.append("--bin-dir/MESH_LLM_BIN_DIR (unset)")
+
+    server_on_path = shutil.which(SERVER_NAME)
+    rpc_on_path = next((p for p in (shutil.which(n) for n in RPC_NAMES) if p), None)
+    if server_on_path and rpc_on_path:
+        commit, be = _read_build_info(Path(server_on_path).parent)
+        return BackendBinaries(Path(server_on_path), Path(rpc_on_path), "path", commit, be)
+    searched.append("PATH")
+
+    backends = [backend] if backend else [detect_backend(), Backend.CPU]
+    for be_choice in dict.fromkeys(backends):
+        directory = build_dir(be_choice) / "bin"
+        found = _find_in_dir(directory)
+        if found is not None:
+            commit, be = _read_build_info(directory)
+            return BackendBinaries(found[0], found[1], "cache", commit, be or be_choice)
+        searched.append(str(directory))
+    raise BackendNotFoundError(
+        "llama.cpp binaries not found (searched: " + ", ".join(searched) + "); "
+        "run `mesh-llm backend install` to build them"
+    )
+
+
+def ensure_backend(
+    bin_dir: str | Path | None = None,
+    backend: Backend | None = None,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> BackendBinaries:
+    """Locate the binaries, building the pinned source when none are found (idempotent)."""
+    try:
+        return locate_backend(bin_dir, backend)
+    except BackendNotFoundError:
+        if bin_dir or os.environ.get("MESH_LLM_BIN_DIR"):
+            raise
+    return build_backend(backend or detect_backend(), progress=progress)
+
+
+# ----------------------------------------------------------------------------------------- build
+
+
+_PERCENT = re.compile(r"^\[\s*(\d+)%\]")
+
+
+def _require_tools(backend: Backend) -> None:
+    needed = ["cmake", "c++" if shutil.which("c++") else "g++", "make"]
+    if backend is Backend.CUDA:
+        needed.append("nvcc")
+    missing = [tool for tool in needed if shutil.which(tool) is None]
+    if missing:
+        raise BackendBuildError(
+            "cannot build llama.cpp: missing "
+            + ", ".join(missing)
+            + " (install cmake and a C++ compiler)"
+        )
+
+
+def _download_sdist(dest: Path, log_file: Path) -> Path:
+    existing = sorted(dest.glob(f"llama_cpp_python-{SDIST_VERSION}.tar.gz"))
+    if existing:
+        return existing[0]
+    dest.mkdir(parents=True, exist_ok=True)
+    argv = [
+        sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
+        "--disable-pip-version-check", "-d", str(dest), f"{SDIST_PACKAGE}=={SDIST_VERSION}",
+    ]  # fmt: skip
+    _run_logged(argv, log_file, what="download of the llama.cpp source (pip download)")
+    found = sorted(dest.glob(f"llama_cpp_python-{SDIST_VERSION}.tar.gz"))
+    if not found:
+        raise BackendBuildError(f"pip download produced no sdist; see {log_file}")
+    return found[0]
+
+
+def _extract_vendor(sdist: Path, dest: Path) -> Path:
+    """Extract ``vendor/llama.cpp`` (without its models/docs/examples data) into ``dest``."""
+    marker = dest / "CMakeLists.txt"
+    if marker.exists():
+        return dest
+    tmp = Path(tempfile.mkdtemp(prefix="llama-src-", dir=dest.parent))
+    skip = ("models/", "docs/", "media/", "examples/", "tests/", ".devops/")  # top-level data only
+    try:
+        with tarfile.open(sdist) as archive:
+            members = []
+            for member in archive.getmembers():
+                parts = member.name.split("/", 1)
+                if len(parts) < 2 or not parts[1].startswith("vendor/llama.cpp/"):
+                    continue
+                rel = parts[1][len("vendor/llama.cpp/") :]
+                if rel.startswith(skip):
+                    continue
+                member.name = rel
+                members.append(member)
+            archive.extractall(tmp, members=members, filter="data")
+        if not (tmp / "CMakeLists.txt").exists():
+            raise BackendBuildError(f"{sdist.name} has no vendor/llama.cpp tree")
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def _run_logged(
+    argv: list[str],
+    log_file: Path,
+    *,
+    what: str,
+    progress: Callable[[str], None] | None = None,
+) -> None:
+    with log_file.open("a") as sink:
+        sink.write(f"\n$ {' '.join(argv)}\n")
+        sink.flush()
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert proc.stdout is not None
+        last = -1
+        for line in proc.stdout:
+            sink.write(line)
+            match = _PERCENT.match(line)
+            if progress and match and int(match.group(1)) != last:
+                last = int(match.group(1))
+                progress(f"building llama.cpp: {last}%")
+        code = proc.wait()
+    if code != 0:
+        raise BackendBuildError(f"{what} failed (exit {code}); full log: {log_file}")
+
+
+def build_backend(
+    backend: Backend = Backend.CPU,
+    *,
+    progress: Callable[[str], None] | None = None,
+    jobs: int | None = None,
+) -> BackendBinaries:
+    """Build the pinned llama.cpp for ``backend`` into the cache and return the binaries."""
+    _require_tools(backend)
+    root = build_dir(backend)
+    root.mkdir(parents=True, exist_ok=True)
+    log_file = root / "build.log"
+    log_file.write_text(f"mesh-llm build of llama.cpp {LLAMA_CPP_COMMIT} ({backend.value})\n")
+    say = progress or (lambda msg: log.info("%s", msg))
+    started = time.monotonic()
+
+    say(f"fetching llama.cpp source ({SDIST_PACKAGE}=={SDIST_VERSION} sdist)")
+    sdist = _download_sdist(cache_dir() / "downloads", log_file)
+    src = _extract_vendor(sdist, cache_dir() / "llama.cpp" / f"src-{LLAMA_CPP_COMMIT}")
+
+    build = root / "build"
+    configure = [
+        "cmake", "-S", str(src), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
+        "-DGGML_RPC=ON", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DBUILD_SHARED_LIBS=OFF",
+        "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DGGML_NATIVE=ON",
+        *_CMAKE_FLAGS[backend],
+    ]  # fmt: skip
+    say(f"configuring llama.cpp ({backend.value}); log: {log_file}")
+    _run_logged(configure, log_file, what="cmake configure")
+    jobs = jobs or os.cpu_count() or 2
+    compile_argv = ["cmake", "--build", str(build), "--config", "Release", "-j", str(jobs)]
+    compile_argv += ["--target", *BUILD_TARGETS]
+    say(f"compiling llama-server and ggml-rpc-server with {jobs} jobs (several minutes)")
+    _run_logged(compile_argv, log_file, what="llama.cpp build", progress=say)
+
+    bin_dir = root / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name in BUILD_TARGETS:
+        produced = build / "bin" / name
+        if not produced.exists():
+            raise BackendBuildError(f"build finished but {produced} is missing; see {log_file}")
+        shutil.copy2(produced, bin_dir / name)
+    info = {"commit": LLAMA_CPP_COMMIT, "backend": backend.value, "built_at": int(time.time())}
+    (bin_dir / "build-info.json").write_text(json.dumps(info))
+    say(f"llama.cpp built in {time.monotonic() - started:.0f} s: {bin_dir}")
+    shutil.rmtree(build, ignore_errors=True)
+    return BackendBinaries(
+        bin_dir / "llama-server", bin_dir / "ggml-rpc-server", "cache", LLAMA_CPP_COMMIT, backend
+    )
+
+
+# --------------------------------------------------------------------------------------- devices
+
+_DEVICE_LINE = re.compile(r"^\s*([A-Za-z]+\d*)\s*:\s*(.*)$")
+
+
+def parse_device_listing(text: str) -> list[tuple[str, str]]:
+    """Parse the ``available devices:`` block that ``rpc-server`` prints for an unknown device."""
+    devices: list[tuple[str, str]] = []
+    in_block = False
+    for line in text.splitlines():
+        if "available devices" in line.lower():
+            in_block = True
+            continue
+        if in_block:
+            match = _DEVICE_LINE.match(line)
+            if not match:
+                if devices:
+                    break
+                continue
+            devices.append((match.group(1), match.group(2).strip()))
+    return devices
+
+
+def probe_devices(rpc_server: Path, timeout: float = 20.0) -> list[tuple[str, str]]:
+    """Ask ``rpc-server`` which devices it can use (``NAME: description`` pairs)."""
+    try:
+        proc = subprocess.run(
+            [str(rpc_server), "-d", "__mesh_llm_probe_invalid__", "-p", "0"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return parse_device_listing(proc.stdout + "\n" + proc.stderr)

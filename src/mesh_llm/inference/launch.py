@@ -1,0 +1,144 @@
+"""Pure launch planning for llama-server: context size and the argv (spec inference.md §4).
+
+Nothing here touches processes; :mod:`mesh_llm.inference.supervisor` runs what this plans.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "DEFAULT_PARALLEL",
+    "LaunchSpec",
+    "ServerFeatures",
+    "choose_ctx_size",
+    "llama_server_argv",
+]
+
+GB = 1_000_000_000
+
+# Free memory (capacity minus the weights this node holds) -> context size, first match wins.
+CTX_TABLE: tuple[tuple[int, int], ...] = (
+    (30 * GB, 65536),
+    (12 * GB, 32768),
+    (6 * GB, 16384),
+    (3 * GB, 8192),
+)
+CTX_FLOOR = 4096
+MIN_CTX = 512
+DEFAULT_PARALLEL = 8
+
+
+def choose_ctx_size(
+    capacity_bytes: int,
+    host_weight_bytes: int,
+    *,
+    trained_ctx: int | None = None,
+    override: int | None = None,
+) -> int:
+    """Context size from the free-memory table; never above the model's trained context.
+
+    ``override`` (``--ctx-size``) wins over the table but is still capped by ``trained_ctx``:
+    llama.cpp would only clamp it with a warning, and advertising a context the model cannot
+    use would break the router's context-fit ordering.
+    """
+    if override is not None:
+        ctx = override
+    else:
+        free = capacity_bytes - host_weight_bytes
+        ctx = next((size for floor, size in CTX_TABLE if free >= floor), CTX_FLOOR)
+    if trained_ctx:
+        ctx = min(ctx, trained_ctx)
+    return max(MIN_CTX, ctx)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerFeatures:
+    """Optional llama-server flags found in ``llama-server --help`` of the installed build."""
+
+    flash_attn_on_off: bool = False  # "-fa on|off|auto" (newer) vs bare "-fa"
+    kv_unified: bool = False
+    fit: bool = False
+    reasoning_format: bool = False
+    jinja: bool = False
+    no_webui: bool = False
+
+    @classmethod
+    def from_help(cls, text: str) -> ServerFeatures:
+        return cls(
+            flash_attn_on_off="--flash-attn" in text and "[on|off|auto]" in text.replace(" ", ""),
+            kv_unified="--kv-unified" in text,
+            fit="-fit" in text or "--fit " in text,
+            reasoning_format="--reasoning-format" in text,
+            jinja="--jinja" in text,
+            no_webui="--no-webui" in text,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchSpec:
+    """Everything needed to start one llama-server."""
+
+    name: str  # model name served
+    argv: tuple[str, ...]
+    port: int
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def llama_server_argv(
+    binary: Path,
+    model_path: Path,
+    *,
+    port: int,
+    ctx_size: int,
+    gpu: bool,
+    features: ServerFeatures,
+    parallel: int = DEFAULT_PARALLEL,
+    rpc: Sequence[str] = (),
+    tensor_split: str | None = None,
+    chat_template_file: Path | None = None,
+    embeddings: bool = False,
+    alias: str | None = None,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """The llama-server command line.
+
+    Bound to 127.0.0.1 only (remote access goes through the mesh). ``-ngl 99`` only with a GPU
+    backend. ``--parallel`` slots with a unified KV cache, so concurrent streams share the context
+    instead of each getting ``ctx/parallel``.
+    """
+    argv = [
+        str(binary),
+        "-m", str(model_path),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "-c", str(ctx_size),
+        "--parallel", str(parallel),
+    ]  # fmt: skip
+    if features.kv_unified:
+        argv.append("--kv-unified")
+    if gpu:
+        argv += ["-ngl", "99"]
+        if features.flash_attn_on_off:
+            argv += ["-fa", "on"]
+    if rpc:
+        argv += ["--rpc", ",".join(rpc)]
+        if tensor_split:
+            argv += ["--tensor-split", tensor_split]
+    if features.reasoning_format:
+        argv += ["--reasoning-format", "deepseek"]
+    if features.jinja:
+        argv.append("--jinja")
+    if chat_template_file is not None:
+        argv += ["--chat-template-file", str(chat_template_file)]
+    if embeddings:
+        argv.append("--embeddings")
+    if alias:
+        argv += ["--alias", alias]
+    if features.no_webui:
+        argv.append("--no-webui")
+    argv += list(extra)
+    return argv

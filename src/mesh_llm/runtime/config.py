@@ -1,0 +1,35 @@
+"""The node's configuration, built by the CLI from flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["NodeConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    models: tuple[str, ...] = ()
+    gguf: tuple[Path, ...] = ()
+    port: int = 9337
+    console_port: int = 3131
+    listen_all: bool = False
+    max_vram_gb: float | None = None
+    ctx_size: int | None = None
+    bin_dir: Path | None = None
+    device: str | None = None
+    backend: str | None = None
+    parallel: int = 8
+    client: bool = False
+    join: tuple[str, ...] = ()
+    relays: tuple[str, ...] = ()
+    no_relay: bool = False
+    bind_ip: str | None = None
+    bind_port: int | None = None
+    mesh_name: str | None = None
+    extra_llama_args: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def bind_host(self) -> str:
+        return "0.0.0.0" if self.listen_all else "127.0.0.1"

@@ -1,0 +1,66 @@
+from pathlib import Path
+
+import pytest
+
+from mesh_llm.inference import ServerFeatures, choose_ctx_size, llama_server_argv
+
+GB = 1_000_000_000
+
+
+@pytest.mark.parametrize(
+    ("free_gb", "ctx"),
+    [
+        (40, 65536),
+        (30, 65536),
+        (29.9, 32768),
+        (12, 32768),
+        (6, 16384),
+        (3, 8192),
+        (2.9, 4096),
+        (0, 4096),
+    ],
+)
+def test_ctx_table(free_gb: float, ctx: int) -> None:
+    assert choose_ctx_size(int(free_gb * GB) + GB, GB) == ctx
+
+
+def test_ctx_never_exceeds_trained_context() -> None:
+    assert choose_ctx_size(100 * GB, GB, trained_ctx=8192) == 8192
+
+
+def test_ctx_override_wins_but_is_capped() -> None:
+    assert choose_ctx_size(100 * GB, GB, override=2048) == 2048
+    assert choose_ctx_size(100 * GB, GB, override=100_000, trained_ctx=8192) == 8192
+
+
+def test_argv_cpu_binds_loopback_without_ngl() -> None:
+    argv = llama_server_argv(
+        Path("/b/llama-server"), Path("/m.gguf"), port=5000, ctx_size=4096, gpu=False,
+        features=ServerFeatures(kv_unified=True), parallel=8,
+    )  # fmt: skip
+    assert argv[argv.index("--host") + 1] == "127.0.0.1"
+    assert argv[argv.index("--port") + 1] == "5000"
+    assert argv[argv.index("--parallel") + 1] == "8"
+    assert "--kv-unified" in argv
+    assert "-ngl" not in argv
+
+
+def test_argv_gpu_and_split() -> None:
+    argv = llama_server_argv(
+        Path("/b/llama-server"), Path("/m.gguf"), port=1, ctx_size=4096, gpu=True,
+        features=ServerFeatures(flash_attn_on_off=True),
+        rpc=["127.0.0.1:7001", "127.0.0.1:7002"], tensor_split="0.25,0.25,0.50",
+    )  # fmt: skip
+    assert argv[argv.index("-ngl") + 1] == "99"
+    assert argv[argv.index("--rpc") + 1] == "127.0.0.1:7001,127.0.0.1:7002"
+    assert argv[argv.index("--tensor-split") + 1] == "0.25,0.25,0.50"
+
+
+def test_features_from_help() -> None:
+    text = "  -fa, --flash-attn [on|off|auto]  set\n  --kv-unified  x\n  --jinja\n  --no-webui"
+    f = ServerFeatures.from_help(text)
+    assert f.flash_attn_on_off
+    assert f.kv_unified
+    assert f.jinja
+    assert f.no_webui
+    assert not ServerFeatures.from_help("nothing").kv_unified

@@ -1,0 +1,127 @@
+import asyncio
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+from mesh_llm.inference import (
+    LaunchSpec,
+    PidRegistry,
+    RestartPolicy,
+    ServerState,
+    ServerSupervisor,
+    reap_recorded_children,
+)
+
+FAKE = Path(__file__).resolve().parents[2] / "fakes" / "fake_llama_server.py"
+
+
+def spec_factory(tmp_path: Path, env: dict[str, str] | None = None) -> Callable[[int], LaunchSpec]:
+    def make(port: int) -> LaunchSpec:
+        argv = (sys.executable, str(FAKE), "--port", str(port))
+        return LaunchSpec("m", argv, port, tmp_path / "m.log", env or {})
+
+    return make
+
+
+def test_policy_backoff_and_give_up() -> None:
+    p = RestartPolicy(base_delay_s=1, max_delay_s=10, max_crashes=4)
+    assert [p.next_delay(n) for n in range(1, 6)] == [1, 2, 4, 8, None]
+    assert p.crashes_after_exit(3, uptime_s=5) == 4
+    assert p.crashes_after_exit(3, uptime_s=3600) == 1
+
+
+async def test_starts_waits_for_health_and_stops(tmp_path: Path) -> None:
+    registry = PidRegistry(tmp_path / "children.json")
+    sup = ServerSupervisor(
+        "m", spec_factory(tmp_path, {"FAKE_LLAMA_LOAD_S": "0.5"}), registry=registry
+    )
+    task = asyncio.create_task(sup.run())
+    async with asyncio.timeout(20):
+        await sup.wait_ready()
+    assert sup.state is ServerState.READY
+    pid = sup.pid
+    assert pid is not None
+    assert psutil.pid_exists(pid)
+    assert [r.pid for r in registry.records()] == [pid]
+    await sup.stop()
+    await asyncio.wait_for(task, 10)
+    assert sup.state is ServerState.STOPPED
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert registry.records() == []
+
+
+async def test_restarts_after_crash(tmp_path: Path) -> None:
+    sup = ServerSupervisor(
+        "m",
+        spec_factory(tmp_path, {"FAKE_LLAMA_EXIT_AFTER_S": "1"}),
+        policy=RestartPolicy(base_delay_s=0.05, max_crashes=10),
+    )
+    task = asyncio.create_task(sup.run())
+    async with asyncio.timeout(30):
+        while sup.restarts < 2:  # noqa: ASYNC110 - polls a counter the supervisor bumps
+            await asyncio.sleep(0.05)
+        await sup.wait_ready()
+    await sup.stop()
+    await asyncio.wait_for(task, 10)
+    assert sup.restarts >= 2
+
+
+async def test_gives_up_after_repeated_crashes(tmp_path: Path) -> None:
+    crash = tmp_path / "crash"
+    crash.write_text("")
+    changes: list[ServerState] = []
+    sup = ServerSupervisor(
+        "m",
+        spec_factory(tmp_path, {"FAKE_LLAMA_CRASH_FILE": str(crash)}),
+        policy=RestartPolicy(base_delay_s=0.01, max_crashes=3),
+    )
+    sup._on_change = lambda: changes.append(sup.state)  # observe transitions
+    await asyncio.wait_for(sup.run(), 30)
+    assert sup.state is ServerState.FAILED
+    assert sup.last_error is not None
+    assert "giving up" in sup.last_error
+    assert ServerState.RESTARTING in changes
+
+
+def test_reap_only_recorded_children(tmp_path: Path) -> None:
+    registry = PidRegistry(tmp_path / "children.json")
+    ours = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        registry.add(ours.pid, "sleep")
+        assert reap_recorded_children(registry) == 1
+        ours.wait(timeout=10)  # psutil may already have reaped it: then the code reads 0
+        assert not psutil.pid_exists(ours.pid) or psutil.Process(ours.pid).status() == "zombie"
+        assert other.poll() is None, "an unrecorded process must never be touched"
+        assert registry.records() == []
+    finally:
+        for p in (ours, other):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_reap_skips_reused_pid(tmp_path: Path) -> None:
+    registry = PidRegistry(tmp_path / "children.json")
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        registry.add(proc.pid, "sleep")
+        # Pretend the record is of an older process with the same pid.
+        data = registry.records()[0]
+        registry._save([type(data)(data.pid, data.create_time - 100, data.name)])
+        assert reap_recorded_children(registry) == 0
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("bad", ["", "not json", "[{}]"])
+def test_registry_tolerates_corrupt_file(tmp_path: Path, bad: str) -> None:
+    path = tmp_path / "children.json"
+    path.write_text(bad)
+    assert PidRegistry(path).records() == []
