@@ -1,0 +1,1 @@
+"""Command handlers of the mesh-llm CLI, one module per top-level command."""
