@@ -1,3 +1,43 @@
 """protocol package."""
 
-__all__: list[str] = []
+from mesh_llm.protocol.http1 import (
+    CONTINUE_RESPONSE,
+    DEFAULT_MAX_BODY,
+    MAX_HEAD_BYTES,
+    MAX_HEADER_LINES,
+    SMALL_BODY_LIMIT,
+    ContinueNeeded,
+    PipelinedBytes,
+    ReaderEvent,
+    ReaderState,
+    Request,
+    RequestComplete,
+    RequestReader,
+    ResponseHead,
+    chunked_wire_limit,
+    parse_response_head,
+    reason_phrase,
+    render_response,
+    serialize_forward,
+)
+
+__all__: list[str] = [
+    "CONTINUE_RESPONSE",
+    "DEFAULT_MAX_BODY",
+    "MAX_HEADER_LINES",
+    "MAX_HEAD_BYTES",
+    "SMALL_BODY_LIMIT",
+    "ContinueNeeded",
+    "PipelinedBytes",
+    "ReaderEvent",
+    "ReaderState",
+    "Request",
+    "RequestComplete",
+    "RequestReader",
+    "ResponseHead",
+    "chunked_wire_limit",
+    "parse_response_head",
+    "reason_phrase",
+    "render_response",
+    "serialize_forward",
+]

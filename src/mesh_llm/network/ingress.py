@@ -1,0 +1,450 @@
+"""The :9337 OpenAI-compatible ingress: a raw HTTP/1.1 proxy, one request per connection.
+
+A thin asyncio adapter over :mod:`mesh_llm.protocol.http1` (parsing) and
+:mod:`mesh_llm.network.routing` (decisions). Per connection it reads one request, answers
+the intercepted paths itself, otherwise tries the routing candidates in order until one
+produces a response head (the failover loop), then relays that response byte for byte and
+closes. While it waits on or relays the upstream, it watches the client: a client that goes
+away closes the upstream so llama-server stops generating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from mesh_llm.errors import HttpProtocolError, MeshLlmError, PortInUseError, TransportError
+from mesh_llm.network.routing import (
+    RoutingSnapshot,
+    Target,
+    choose_candidates,
+    extract_routing_fields,
+    is_context_overflow_400,
+)
+from mesh_llm.protocol.http1 import (
+    CONTINUE_RESPONSE,
+    DEFAULT_MAX_BODY,
+    ContinueNeeded,
+    PipelinedBytes,
+    ReaderState,
+    Request,
+    RequestComplete,
+    RequestReader,
+    parse_response_head,
+    render_response,
+    serialize_forward,
+)
+
+logger = logging.getLogger(__name__)
+
+READ_SIZE = 64 * 1024
+LINGER_TIMEOUT = 2.0
+"""After the response: how long to wait for the client to close before dropping it."""
+MODEL_HEADER = "x-mesh-llm-model"
+
+_CORS_ORIGIN = ("Access-Control-Allow-Origin", "*")
+_JSON = ("Content-Type", "application/json")
+_MODELS_PATHS = frozenset({"/v1/models", "/models"})
+
+
+class UpstreamStream(Protocol):
+    """One upstream connection carrying one request."""
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes; ``b""`` at EOF."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close or abort both directions."""
+        ...
+
+
+class _TcpUpstream:
+    """:class:`UpstreamStream` over a loopback TCP connection."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    async def write(self, data: bytes) -> None:
+        try:
+            self._writer.write(data)
+            await self._writer.drain()
+        except OSError as exc:
+            raise TransportError(f"upstream write failed: {exc}") from exc
+
+    async def read(self, n: int) -> bytes:
+        try:
+            return await self._reader.read(n)
+        except OSError as exc:
+            raise TransportError(f"upstream read failed: {exc}") from exc
+
+    async def aclose(self) -> None:
+        self._writer.transport.abort()
+
+
+async def connect_local(target: Target) -> UpstreamStream:
+    """Open a TCP connection to a llama-server of this node."""
+    if target.local_port is None:
+        raise TransportError(f"target {target.key} has no local port")
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", target.local_port)
+    except OSError as exc:
+        raise TransportError(f"cannot connect to {target.key}: {exc}") from exc
+    _set_nodelay(writer)
+    return _TcpUpstream(reader, writer)
+
+
+def render_openai_error(status: int, message: str, type: str, code: str) -> bytes:
+    """A complete HTTP response carrying an OpenAI-shaped error object."""
+    body = json.dumps({"error": {"message": message, "type": type, "code": code}}).encode()
+    return render_response(status, [_JSON, _CORS_ORIGIN], body)
+
+
+def _error_for(exc: HttpProtocolError) -> bytes:
+    kind = "invalid_request_error" if exc.status < 500 else "server_error"
+    return render_openai_error(exc.status, exc.message, kind, exc.code)
+
+
+def _json_response(status: int, payload: object, *extra: tuple[str, str]) -> bytes:
+    return render_response(status, [_JSON, *extra], json.dumps(payload).encode())
+
+
+def _set_nodelay(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+@dataclass(slots=True)
+class _Connection:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    response_started: bool = False
+
+    async def send(self, data: bytes) -> None:
+        self.response_started = True
+        self.writer.write(data)
+        await self.writer.drain()
+
+
+class _ContextOverflowError(Exception):
+    """The upstream answered a context-overflow 400 and another candidate remains."""
+
+
+class Ingress:
+    """The :9337 listener. ``start()`` binds, ``close()`` stops accepting and cancels
+    in-flight connections."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        snapshot: Callable[[], RoutingSnapshot],
+        connect: Callable[[Target], Awaitable[UpstreamStream]],
+        models_listing: Callable[[], list[dict[str, object]]],
+        on_demand: Callable[[str], None] | None = None,
+        on_target_failed: Callable[[Target], None] | None = None,
+        first_byte_timeout: float = 60.0,
+        header_timeout: float = 10.0,
+        max_body: int = DEFAULT_MAX_BODY,
+    ) -> None:
+        self._host = host
+        self._requested_port = port
+        self._snapshot = snapshot
+        self._connect = connect
+        self._models_listing = models_listing
+        self._on_demand = on_demand
+        self._on_target_failed = on_target_failed
+        self._first_byte_timeout = first_byte_timeout
+        self._header_timeout = header_timeout
+        self._max_body = max_body
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self.inflight = 0
+        """Connections being handled now."""
+        self.requests_total = 0
+        """Requests read completely since start."""
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with ``port=0``)."""
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("ingress is not started")
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def start(self) -> None:
+        try:
+            self._server = await asyncio.start_server(
+                self._on_connection, self._host, self._requested_port
+            )
+        except OSError as exc:
+            where = f"{self._host}:{self._requested_port}"
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUseError(
+                    f"port {where} is already in use (is another mesh-llm running?)"
+                ) from exc
+            raise TransportError(f"cannot listen on {where}: {exc}") from exc
+        logger.info("ingress listening on %s:%d", self._host, self.port)
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    # -- per connection -------------------------------------------------------------
+
+    async def _on_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        if self._closing or task is None:
+            writer.transport.abort()
+            return
+        self._tasks.add(task)
+        self.inflight += 1
+        conn = _Connection(reader, writer)
+        try:
+            try:
+                await self._serve(conn)
+            except asyncio.CancelledError:
+                writer.transport.abort()
+                raise
+            except Exception:
+                logger.exception("ingress connection handler failed")
+                if not conn.response_started:
+                    writer.write(
+                        render_openai_error(500, "internal proxy error", "server_error", "internal")
+                    )
+            await _linger_close(reader, writer)
+        finally:
+            self.inflight -= 1
+            self._tasks.discard(task)
+
+    async def _serve(self, conn: _Connection) -> None:
+        _set_nodelay(conn.writer)
+        try:
+            request = await self._read_request(conn)
+        except HttpProtocolError as exc:
+            logger.debug("rejecting request: %d %s", exc.status, exc.message)
+            with contextlib.suppress(ConnectionError):
+                await conn.send(_error_for(exc))
+            return
+        if request is None:
+            return
+        self.requests_total += 1
+        local = self._local_answer(request)
+        if local is not None:
+            with contextlib.suppress(ConnectionError):
+                await conn.send(local)
+            return
+        async with asyncio.TaskGroup() as tg:
+            proxy = tg.create_task(self._proxy(conn, request))
+            watcher = tg.create_task(_wait_client_gone(conn.reader))
+            proxy.add_done_callback(lambda _: watcher.cancel())
+            watcher.add_done_callback(lambda _: proxy.cancel())
+
+    async def _read_request(self, conn: _Connection) -> Request | None:
+        parser = RequestReader(self._max_body)
+        try:
+            async with asyncio.timeout(self._header_timeout):
+                while parser.state is ReaderState.HEAD:
+                    if not await self._read_into(conn, parser):
+                        return None
+            while parser.state is ReaderState.BODY:
+                # An idle bound per read: large bodies may take longer than the header timeout.
+                async with asyncio.timeout(self._header_timeout):
+                    if not await self._read_into(conn, parser):
+                        return None
+        except TimeoutError:
+            raise HttpProtocolError(
+                408, "request not received in time", "request_timeout"
+            ) from None
+        return parser.request
+
+    async def _read_into(self, conn: _Connection, parser: RequestReader) -> bool:
+        try:
+            data = await conn.reader.read(READ_SIZE)
+        except ConnectionError:
+            data = b""
+        if not data:
+            if parser.bytes_received == 0:
+                return False
+            parser.feed_eof()
+        for event in parser.feed(data):
+            match event:
+                case ContinueNeeded():
+                    conn.writer.write(CONTINUE_RESPONSE)
+                    with contextlib.suppress(ConnectionError):
+                        await conn.writer.drain()
+                case PipelinedBytes(count=count):
+                    logger.debug("discarding %d pipelined bytes", count)
+                case RequestComplete():
+                    pass
+        return True
+
+    def _local_answer(self, request: Request) -> bytes | None:
+        """Responses the ingress gives itself, or None to proxy the request."""
+        if request.method == "OPTIONS":
+            allow_headers = request.header("Access-Control-Request-Headers") or "*"
+            return render_response(
+                204,
+                [
+                    _CORS_ORIGIN,
+                    ("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS"),
+                    ("Access-Control-Allow-Headers", allow_headers),
+                    ("Access-Control-Max-Age", "86400"),
+                ],
+                b"",
+            )
+        if request.method == "GET" and request.path in _MODELS_PATHS:
+            payload = {"object": "list", "data": self._models_listing()}
+            return _json_response(200, payload, _CORS_ORIGIN)
+        if request.method == "GET" and request.path == "/health":
+            return _json_response(200, {"status": "ok"})
+        return None
+
+    # -- proxying -------------------------------------------------------------------
+
+    async def _proxy(self, conn: _Connection, request: Request) -> None:
+        fields = extract_routing_fields(request.body)
+        model = fields.model
+        if model and model != "auto" and self._on_demand is not None:
+            self._on_demand(model)
+        answering, candidates = choose_candidates(
+            self._snapshot(), model, len(request.body), fields.max_tokens
+        )
+        forward = serialize_forward(request)
+        for index, target in enumerate(candidates):
+            attempt = await self._attempt(target, forward, may_retry=index < len(candidates) - 1)
+            if attempt is None:
+                continue
+            upstream, first = attempt
+            try:
+                await self._relay(conn, upstream, first, target.model)
+            finally:
+                await _close_upstream(upstream)
+            return
+        name = model or answering
+        message = (
+            f"No inference server available for model '{name}'"
+            if name
+            else "No inference server available"
+        )
+        with contextlib.suppress(ConnectionError):
+            await conn.send(render_openai_error(503, message, "server_error", "no_backend"))
+
+    async def _attempt(
+        self, target: Target, forward: bytes, *, may_retry: bool
+    ) -> tuple[UpstreamStream, bytes] | None:
+        """Send the request to ``target`` and read the response's first bytes; None if the
+        target failed (or overflowed its context while another candidate remains)."""
+        upstream: UpstreamStream | None = None
+        try:
+            async with asyncio.timeout(self._first_byte_timeout):
+                upstream = await self._connect(target)
+                await upstream.write(forward)
+                return upstream, await _read_decision(upstream, check_overflow=may_retry)
+        except _ContextOverflowError:
+            logger.info("context overflow on %s, trying the next candidate", target.key)
+        except (OSError, MeshLlmError) as exc:  # TimeoutError is an OSError
+            logger.warning("target %s failed before responding: %r", target.key, exc)
+            if self._on_target_failed is not None:
+                self._on_target_failed(target)
+        except BaseException:
+            await _close_upstream(upstream)
+            raise
+        await _close_upstream(upstream)
+        return None
+
+    async def _relay(
+        self, conn: _Connection, upstream: UpstreamStream, first: bytes, model: str
+    ) -> None:
+        cut = first.index(b"\r\n") + 2
+        label = model.replace("\r", "").replace("\n", "")
+        extra = f"{MODEL_HEADER}: {label}\r\n".encode()
+        try:
+            await conn.send(first[:cut] + extra + first[cut:])
+            while chunk := await upstream.read(READ_SIZE):
+                conn.writer.write(chunk)
+                await conn.writer.drain()
+        except ConnectionError:
+            logger.debug("client went away during the response")
+        except (OSError, MeshLlmError) as exc:
+            logger.warning("upstream failed mid-response: %s", exc)
+
+
+async def _read_decision(upstream: UpstreamStream, *, check_overflow: bool) -> bytes:
+    """Read until the response head is complete (and, for a small 400 that may be a context
+    overflow, its body). Raises if the upstream closes or misbehaves before that, and
+    :class:`_ContextOverflowError` for a context-overflow 400 when ``check_overflow``."""
+    buf = bytearray()
+    while True:
+        chunk = await upstream.read(READ_SIZE)
+        if not chunk:
+            if not buf:
+                raise TransportError("upstream closed without responding")
+            if parse_response_head(buf) is None:
+                raise TransportError("upstream closed in the middle of the response head")
+            return bytes(buf)
+        buf += chunk
+        head = parse_response_head(buf)
+        if head is None:
+            continue
+        if not (check_overflow and head.status == 400 and head.small_body):
+            return bytes(buf)
+        if not head.body_complete:
+            continue
+        body = bytes(buf[head.head_length : head.head_length + (head.content_length or 0)])
+        if is_context_overflow_400(head.status, body):
+            raise _ContextOverflowError
+        return bytes(buf)
+
+
+async def _close_upstream(upstream: UpstreamStream | None) -> None:
+    if upstream is not None:
+        with contextlib.suppress(OSError, MeshLlmError):
+            await upstream.aclose()
+
+
+async def _wait_client_gone(reader: asyncio.StreamReader) -> None:
+    """Return when the client closes its side; bytes it sends meanwhile are discarded."""
+    with contextlib.suppress(OSError):
+        while await reader.read(READ_SIZE):
+            pass
+
+
+async def _linger_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Flush, half-close, drain what the client still sends (so closing does not reset the
+    connection under unread data), then close; bounded by :data:`LINGER_TIMEOUT`."""
+    try:
+        async with asyncio.timeout(LINGER_TIMEOUT):
+            if writer.can_write_eof():
+                writer.write_eof()
+            while await reader.read(READ_SIZE):
+                pass
+            writer.close()
+            await writer.wait_closed()
+    except (OSError, TimeoutError):
+        pass
+    finally:
+        writer.transport.abort()

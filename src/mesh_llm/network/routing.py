@@ -1,0 +1,149 @@
+"""Pure routing decisions for the :9337 ingress (surface spec section 2, steps 1, 4, 6, 8).
+
+Everything here is a function over a frozen :class:`RoutingSnapshot` and request fields;
+the ingress applies the result. The auto router, affinity and the planning pipeline are
+separate concerns and not part of this module.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+BYTES_PER_TOKEN = 4
+"""Rough request-size-to-tokens ratio used for the context-fit estimate."""
+CONTEXT_HEADROOM_TOKENS = 256
+MAX_TOKENS_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens", "n_predict")
+OVERFLOW_SCAN_BYTES = 4096
+
+_CONTEXT_WORDS = ("context", "n_ctx", "ctx", "prompt", "token", "slot", "window")
+_LIMIT_WORDS = (
+    "exceed",
+    "overflow",
+    "too long",
+    "too many",
+    "greater than",
+    "longer than",
+    "limit",
+    "maximum",
+)
+_JSON_OBJECT_START = re.compile(rb"[ \t\r\n]*\{")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One place a request for ``model`` can go."""
+
+    model: str
+    key: str
+    """Stable id: ``local:<port>`` or ``peer:<hex id>``."""
+    local_port: int | None
+    """Set for a llama-server on 127.0.0.1 of this node."""
+    peer_id: str | None
+    """Set for a model served by another mesh node."""
+    context_length: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingSnapshot:
+    """What can serve what, at one moment.
+
+    ``targets`` maps model name to candidates in preference order; its iteration order
+    decides which model is "first" for requests naming no known model. ``serving`` is true
+    when this node serves at least one model locally.
+    """
+
+    targets: Mapping[str, Sequence[Target]]
+    serving: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingFields:
+    """What routing reads from a request body."""
+
+    model: str | None
+    max_tokens: int | None
+    session_hint: str | None
+
+
+def extract_routing_fields(body: bytes) -> RoutingFields:
+    """Read ``model``, the first max-tokens field and the session hint (``user``, else
+    ``session_id``) from a JSON object body. Anything that is not a JSON object yields
+    empty fields; this never raises."""
+    if not _JSON_OBJECT_START.match(body):
+        return RoutingFields(None, None, None)
+    try:
+        parsed: object = json.loads(body)
+    except (ValueError, RecursionError):
+        return RoutingFields(None, None, None)
+    if not isinstance(parsed, dict):
+        return RoutingFields(None, None, None)
+    model = parsed.get("model")
+    return RoutingFields(
+        model=model if isinstance(model, str) else None,
+        max_tokens=_first_max_tokens(parsed),
+        session_hint=_first_string(parsed, "user", "session_id"),
+    )
+
+
+def _first_max_tokens(obj: dict[str, object]) -> int | None:
+    for name in MAX_TOKENS_FIELDS:
+        value = obj.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
+
+
+def _first_string(obj: dict[str, object], *names: str) -> str | None:
+    for name in names:
+        value = obj.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def required_context(body_len: int, max_tokens: int | None) -> int:
+    """Tokens a request needs: ceil(body/4) + requested completion + headroom."""
+    return -(-body_len // BYTES_PER_TOKEN) + (max_tokens or 0) + CONTEXT_HEADROOM_TOKENS
+
+
+def order_by_context_fit(candidates: Sequence[Target], required: int) -> list[Target]:
+    """Targets known to fit first, then those of unknown context; targets known to be too
+    small are dropped unless that would leave nothing. Order is otherwise kept."""
+    fits = [t for t in candidates if t.context_length is not None and t.context_length >= required]
+    unknown = [t for t in candidates if t.context_length is None]
+    ordered = fits + unknown
+    return ordered if ordered else list(candidates)
+
+
+def choose_candidates(
+    snapshot: RoutingSnapshot, model: str | None, body_len: int, max_tokens: int | None
+) -> tuple[str | None, list[Target]]:
+    """The answering model and the targets to try, in order.
+
+    A model with targets gets exactly those. Any other name (missing, ``auto``, unknown)
+    falls back to every target of every model: on a serving node local targets first,
+    otherwise in snapshot order; the answering model is then the first candidate's. With
+    nothing to try, the result is ``(model, [])``.
+    """
+    required = required_context(body_len, max_tokens)
+    known = snapshot.targets.get(model) if model is not None else None
+    if known:
+        return model, order_by_context_fit(known, required)
+    everything = [t for targets in snapshot.targets.values() for t in targets]
+    if snapshot.serving:
+        everything.sort(key=lambda t: t.local_port is None)
+    if not everything:
+        return model, []
+    candidates = order_by_context_fit(everything, required)
+    return candidates[0].model, candidates
+
+
+def is_context_overflow_400(status: int, body_prefix: bytes) -> bool:
+    """A 400 whose body (first 4 KiB) names a context word and a limit word."""
+    if status != 400:
+        return False
+    text = body_prefix[:OVERFLOW_SCAN_BYTES].decode("utf-8", "replace").lower()
+    return any(w in text for w in _CONTEXT_WORDS) and any(w in text for w in _LIMIT_WORDS)
