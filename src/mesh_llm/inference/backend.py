@@ -350,7 +350,7 @@ _DEVICE_LINE = re.compile(r"^\s*([A-Za-z]+\d*)\s*:\s*(.*)$")
 
 
 def parse_device_listing(text: str) -> list[tuple[str, str]]:
-    """Parse the ``available devices:`` block that ``rpc-server`` prints for an unknown device."""
+    """Parse the ``Available devices:`` block of ``rpc-server --help`` (``(none)``: CPU only)."""
     devices: list[tuple[str, str]] = []
     in_block = False
     for line in text.splitlines():
@@ -368,10 +368,13 @@ def parse_device_listing(text: str) -> list[tuple[str, str]]:
 
 
 def probe_devices(rpc_server: Path, timeout: float = 20.0) -> list[tuple[str, str]]:
-    """Ask ``rpc-server`` which devices it can use (``NAME: description`` pairs)."""
+    """Ask ``rpc-server`` which accelerator devices it can use (``NAME: description`` pairs).
+
+    The pinned build lists only accelerators; an empty list means the CPU backend.
+    """
     try:
         proc = subprocess.run(
-            [str(rpc_server), "-d", "__mesh_llm_probe_invalid__", "-p", "0"],
+            [str(rpc_server), "--help"],
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -1,0 +1,106 @@
+"""Proxy overhead: streaming tok/s and time to first token through :9337 vs directly at llama-server.
+
+Same prompts, same llama-server, requests interleaved (alternating which path goes first), median of
+``--rounds``. Run at two token rates: SmolLM2-135M (about 140 tok/s on a 2-core CPU) and a synthetic
+2-layer llama (about 1,000 tok/s), where per-chunk proxy cost starts to show.
+
+    .venv/bin/python bench/bench_proxy.py [--rounds 9] [--max-tokens 128]
+
+Prints a table and writes JSON to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "bench")]
+
+from streamclient import StreamResult, chat_body, median, stream_chat  # noqa: E402
+from synth_model import write_synthetic_llama  # noqa: E402
+
+from tests.integration.harness import MeshNode, http_json, smollm_path  # noqa: E402
+
+PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
+
+
+async def measure(port: int, model: str, max_tokens: int) -> StreamResult:
+    return await stream_chat(port, chat_body(model, PROMPT, max_tokens))
+
+
+async def compare(node: MeshNode, model: str, rounds: int, max_tokens: int) -> dict[str, object]:
+    runtime = http_json(f"{node.console}/api/runtime")
+    direct_port = int(runtime["models"][0]["port"])
+    for _ in range(2):  # warm-up: prompt cache, page cache, JIT paths in the proxy
+        await measure(direct_port, model, max_tokens)
+        await measure(node.api_port, model, max_tokens)
+    direct: list[StreamResult] = []
+    proxied: list[StreamResult] = []
+    for i in range(rounds):
+        order = [(direct_port, direct), (node.api_port, proxied)]
+        if i % 2:
+            order.reverse()
+        for port, sink in order:
+            sink.append(await measure(port, model, max_tokens))
+    d_tps = median([r.tok_per_s for r in direct])
+    p_tps = median([r.tok_per_s for r in proxied])
+    d_ttft = median([r.ttft_s for r in direct]) * 1000
+    p_ttft = median([r.ttft_s for r in proxied]) * 1000
+    return {
+        "model": model,
+        "rounds": rounds,
+        "max_tokens": max_tokens,
+        "direct_tok_s": round(d_tps, 1),
+        "proxy_tok_s": round(p_tps, 1),
+        "tok_s_ratio": round(p_tps / d_tps, 3),
+        "direct_ttft_ms": round(d_ttft, 2),
+        "proxy_ttft_ms": round(p_ttft, 2),
+        "ttft_added_ms": round(p_ttft - d_ttft, 2),
+    }
+
+
+def run_model(gguf: Path, name: str, rounds: int, max_tokens: int, work: Path) -> dict[str, object]:
+    node = MeshNode(name, work / name, ["--gguf", str(gguf), "--parallel", "2"]).start()
+    try:
+        node.wait_models({name}, timeout=300)
+        return asyncio.run(compare(node, name, rounds, max_tokens))
+    finally:
+        node.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    args = parser.parse_args()
+    smol = smollm_path()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmp:
+        work = Path(tmp)
+        synth = write_synthetic_llama(smol, work / "synthetic-llama-2x256.gguf")
+        rows.append(run_model(smol, smol.stem, args.rounds, args.max_tokens, work))
+        rows.append(run_model(synth, synth.stem, args.rounds, args.max_tokens, work))
+    header = f"{'model':32} {'direct tok/s':>12} {'proxy tok/s':>12} {'ratio':>6} "
+    header += f"{'direct TTFT':>12} {'proxy TTFT':>11} {'added':>8}"
+    print(header)
+    for r in rows:
+        print(
+            f"{r['model']!s:32} {r['direct_tok_s']:>12} {r['proxy_tok_s']:>12} {r['tok_s_ratio']:>6} "
+            f"{r['direct_ttft_ms']:>10}ms {r['proxy_ttft_ms']:>9}ms {r['ttft_added_ms']:>6}ms"
+        )
+    out = REPO / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    payload = {"bench": "proxy", "when": stamp, "machine": platform.platform(), "rows": rows}
+    (out / f"proxy-{stamp}.json").write_text(json.dumps(payload, indent=2))
+
+
+if __name__ == "__main__":
+    main()

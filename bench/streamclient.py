@@ -1,0 +1,71 @@
+"""A minimal raw-socket streaming client for benchmarks: the client's own overhead stays tiny and
+identical for every path measured (direct llama-server, :9337 ingress, a client node's tunnel)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    ttft_s: float  # request sent -> first content chunk
+    tokens: int  # content chunks received (llama-server streams one token per chunk)
+    decode_s: float  # first content chunk -> last content chunk
+
+    @property
+    def tok_per_s(self) -> float:
+        return (self.tokens - 1) / self.decode_s if self.decode_s > 0 else 0.0
+
+
+def chat_body(model: str, prompt: str, max_tokens: int) -> bytes:
+    return json.dumps(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "seed": 1,
+            "ignore_eos": True,
+            "stream": True,
+        }
+    ).encode()
+
+
+async def stream_chat(port: int, body: bytes, host: str = "127.0.0.1") -> StreamResult:
+    reader, writer = await asyncio.open_connection(host, port)
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    started = time.perf_counter()
+    writer.write(head + body)
+    await writer.drain()
+    first = last = 0.0
+    tokens = 0
+    buf = b""
+    while True:
+        data = await reader.read(65536)
+        if not data:
+            break
+        now = time.perf_counter()
+        buf += data
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            if line.startswith(b"data: {") and b'"content":"' in line:
+                tokens += 1
+                if tokens == 1:
+                    first = now
+                last = now
+    writer.close()
+    if tokens == 0:
+        raise RuntimeError("no tokens streamed")
+    return StreamResult(first - started, tokens, last - first)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
