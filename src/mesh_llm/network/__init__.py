@@ -6,6 +6,7 @@ from mesh_llm.network.ingress import (
     connect_local,
     render_openai_error,
 )
+from mesh_llm.network.iroh_patch import apply as apply_iroh_patch
 from mesh_llm.network.routing import (
     RoutingFields,
     RoutingSnapshot,
@@ -15,6 +16,14 @@ from mesh_llm.network.routing import (
     is_context_overflow_400,
     order_by_context_fit,
     required_context,
+)
+from mesh_llm.network.transport import (
+    DEFAULT_RELAY_URLS,
+    BiStream,
+    Conn,
+    Transport,
+    generate_key,
+    load_or_create_key,
 )
 
 __all__: list[str] = [
@@ -30,4 +39,13 @@ __all__: list[str] = [
     "order_by_context_fit",
     "render_openai_error",
     "required_context",
+]
+__all__ += [
+    "DEFAULT_RELAY_URLS",
+    "BiStream",
+    "Conn",
+    "Transport",
+    "apply_iroh_patch",
+    "generate_key",
+    "load_or_create_key",
 ]
