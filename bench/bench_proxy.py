@@ -26,7 +26,7 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 from streamclient import StreamResult, chat_body, median, stream_chat  # noqa: E402
 from synth_model import write_synthetic_llama  # noqa: E402
 
-from tests.integration.harness import MeshNode, http_json, smollm_path  # noqa: E402
+from tests.integration.harness import MeshNode, http_json, smollm_path, wait_for  # noqa: E402
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 
@@ -66,10 +66,11 @@ async def compare(node: MeshNode, model: str, rounds: int, max_tokens: int) -> d
     }
 
 
-def run_model(gguf: Path, name: str, rounds: int, max_tokens: int, work: Path) -> dict[str, object]:
-    node = MeshNode(name, work / name, ["--gguf", str(gguf), "--parallel", "2"]).start()
+def run_model(gguf: Path, rounds: int, max_tokens: int, work: Path) -> dict[str, object]:
+    node = MeshNode(gguf.stem, work / gguf.stem, ["--gguf", str(gguf), "--parallel", "2"]).start()
     try:
-        node.wait_models({name}, timeout=300)
+        wait_for(node.model_ids, 300, f"{gguf.name} to be served")
+        name = node.model_ids()[0]
         return asyncio.run(compare(node, name, rounds, max_tokens))
     finally:
         node.stop()
@@ -85,8 +86,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmp:
         work = Path(tmp)
         synth = write_synthetic_llama(smol, work / "synthetic-llama-2x256.gguf")
-        rows.append(run_model(smol, smol.stem, args.rounds, args.max_tokens, work))
-        rows.append(run_model(synth, synth.stem, args.rounds, args.max_tokens, work))
+        rows.append(run_model(smol, args.rounds, args.max_tokens, work))
+        rows.append(run_model(synth, args.rounds, args.max_tokens, work))
     header = f"{'model':32} {'direct tok/s':>12} {'proxy tok/s':>12} {'ratio':>6} "
     header += f"{'direct TTFT':>12} {'proxy TTFT':>11} {'added':>8}"
     print(header)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from mesh_llm import __version__
 from mesh_llm.api import ChangeHub, ManagementServer
-from mesh_llm.errors import ConfigError, MeshLlmError
+from mesh_llm.errors import ConfigError, MeshLlmError, TransportError
 from mesh_llm.inference import (
     Backend,
     BackendBinaries,
@@ -37,9 +37,18 @@ from mesh_llm.inference import (
     llama_server_argv,
     reap_recorded_children,
 )
-from mesh_llm.models import GgufInfo, ResolvedModel, read_gguf_info, resolve_model
-from mesh_llm.network import Ingress, RoutingSnapshot, Target, connect_local
+from mesh_llm.models import GgufInfo, ResolvedModel, identity_hash, read_gguf_info, resolve_model
+from mesh_llm.network import (
+    Ingress,
+    RoutingSnapshot,
+    Target,
+    UpstreamStream,
+    connect_local,
+)
+from mesh_llm.protocol import NodeRole, PeerAnnouncement
+from mesh_llm.protocol import ServedModel as WireServedModel
 from mesh_llm.runtime.config import NodeConfig
+from mesh_llm.runtime.mesh_link import MeshLink
 from mesh_llm.system import GB, HardwareSurvey, capacity_bytes, state_dir, survey_hardware
 
 __all__ = ["Node", "ServedModel"]
@@ -89,13 +98,39 @@ class Node:
         self.binaries: BackendBinaries | None = None
         self.models: list[ServedModel] = []
         self.ingress: Ingress | None = None
+        self.tunnel_ingress: Ingress | None = None
         self.console: ManagementServer | None = None
+        self.mesh: MeshLink | None = None
+        self._identity: dict[str, str] = {}
         self.started_at = time.time()
         self._stop = asyncio.Event()
 
     # -------------------------------------------------------------------------------- routing
 
     def routing_snapshot(self) -> RoutingSnapshot:
+        """Local llama-servers first, then HOST peers reached through HTTP tunnels."""
+        local = self.local_snapshot()
+        if self.mesh is None:
+            return local
+        targets: dict[str, list[Target]] = {m: list(t) for m, t in local.targets.items()}
+        for model, remote in self.mesh.remote_targets().items():
+            targets.setdefault(model, []).extend(remote)
+        return RoutingSnapshot(targets=targets, serving=local.serving)
+
+    async def connect_target(self, target: Target) -> UpstreamStream:
+        if target.local_port is not None:
+            return await connect_local(target)
+        if self.mesh is None or self.mesh.service is None or target.peer_id is None:
+            raise TransportError(f"no route to {target.key}")
+        stream: UpstreamStream = await self.mesh.service.open_http_tunnel(target.peer_id)
+        return stream
+
+    def _on_demand(self, model: str) -> None:
+        if self.mesh is not None:
+            self.mesh.record_request(model)
+
+    def local_snapshot(self) -> RoutingSnapshot:
+        """Only this node's own llama-servers: what requests arriving through a tunnel may use."""
         targets: dict[str, list[Target]] = {}
         for model in self.models:
             sup = model.supervisor
@@ -112,28 +147,71 @@ class Node:
         return RoutingSnapshot(targets=targets, serving=bool(targets))
 
     def models_listing(self) -> list[dict[str, object]]:
+        """Every model the mesh can answer right now (local ones first)."""
         listing: list[dict[str, object]] = []
-        for model in self.models:
-            if model.supervisor.state is not ServerState.READY:
+        for name, candidates in self.routing_snapshot().targets.items():
+            if not candidates:
                 continue
             listing.append(
                 {
-                    "id": model.name,
+                    "id": name,
                     "object": "model",
                     "created": int(self.started_at),
                     "owned_by": "mesh-llm",
-                    "display_name": model.name,
+                    "display_name": name,
                     "capabilities": ["text"],
                     "multimodal_status": "none",
                     "vision_status": "none",
                     "audio_status": "none",
                     "reasoning_status": "none",
-                    "context_length": model.ctx_size,
+                    "context_length": candidates[0].context_length,
+                    "node_count": len(candidates),
                 }
             )
         return listing
 
     # --------------------------------------------------------------------------------- status
+
+    def _changed(self) -> None:
+        """Local state changed: refresh the event stream and re-announce ourselves."""
+        self.hub.changed()
+        if self.mesh is not None and self.mesh.transport is not None:
+            self.mesh.announce(self.self_announcement())
+
+    def self_announcement(self) -> PeerAnnouncement:
+        assert self.mesh is not None
+        assert self.mesh.transport is not None
+        ready = [m for m in self.models if m.supervisor.state is ServerState.READY]
+        if self.config.client:
+            role = NodeRole.CLIENT
+        elif ready:
+            role = NodeRole.HOST
+        else:
+            role = NodeRole.WORKER
+        api_port = self.ingress.port if self.ingress else self.config.port
+        return PeerAnnouncement(
+            endpoint_id=self.mesh.transport.node_id_bytes,
+            role=role,
+            http_port=api_port if role is NodeRole.HOST else None,
+            version=__version__,
+            addr=self.mesh.transport.addr(),
+            serving_models=tuple(m.name for m in self.models),
+            hosted_models=tuple(m.name for m in ready),
+            hosted_models_known=True,
+            catalog_models=tuple(self.config.models),
+            primary_serving=self.models[0].name if self.models else None,
+            served_models=tuple(
+                WireServedModel(
+                    m.name,
+                    self._identity.get(m.name),
+                    m.ctx_size,
+                    m.supervisor.state is ServerState.READY,
+                )
+                for m in self.models
+            ),
+            vram_bytes=self.capacity,
+            is_soc=self.survey.is_soc if self.survey else None,
+        )
 
     def node_status(self) -> str:
         if self.config.client:
@@ -142,7 +220,7 @@ class Node:
             return "Serving"
         if self.models:
             return "Starting"
-        return "Idle"
+        return "Standby" if self.mesh is not None and self.mesh.bootstrap else "Idle"
 
     def status(self) -> dict[str, object]:
         survey = self.survey
@@ -151,8 +229,10 @@ class Node:
         binaries = self.binaries
         return {
             "version": __version__,
-            "node_id": None,
-            "token": None,
+            "node_id": self.mesh.node_id[:10] if self.mesh and self.mesh.node_id else None,
+            "node_id_full": self.mesh.node_id if self.mesh else None,
+            "token": self.mesh.token if self.mesh else None,
+            "mesh_id": self.mesh.membership.mesh_id if self.mesh and self.mesh.membership else None,
             "node_status": self.node_status(),
             "is_host": bool(ready),
             "is_client": self.config.client,
@@ -167,7 +247,7 @@ class Node:
             "console_port": self.console.port if self.console else self.config.console_port,
             "my_vram_gb": round(self.capacity / GB, 2),
             "model_size_gb": round(primary.info.file_size / GB, 3) if primary else 0.0,
-            "peers": [],
+            "peers": self.mesh.peers_status() if self.mesh else [],
             "mesh_models": [m["id"] for m in self.models_listing()],
             "inflight_requests": self.ingress.inflight if self.ingress else 0,
             "requests_total": self.ingress.requests_total if self.ingress else 0,
@@ -268,6 +348,7 @@ class Node:
                     "(raise --max-vram, or join a mesh to split it)"
                 )
             used += info.file_size
+            self._identity[name] = identity_hash(model.path)
             ctx = choose_ctx_size(
                 self.capacity,
                 used,
@@ -293,7 +374,7 @@ class Node:
                 return LaunchSpec(model.name, tuple(argv), port, log_path)
 
             supervisor = ServerSupervisor(
-                name, make_spec, registry=self.registry, on_change=self.hub.changed
+                name, make_spec, registry=self.registry, on_change=self._changed
             )
             self.models.append(ServedModel(name, model, info, ctx, supervisor))
 
@@ -333,9 +414,25 @@ class Node:
             host=self.config.bind_host,
             port=self.config.port,
             snapshot=self.routing_snapshot,
+            connect=self.connect_target,
+            models_listing=self.models_listing,
+            on_demand=self._on_demand,
+            on_target_failed=self._on_target_failed,
+        )
+        # Requests arriving through an HTTP tunnel go to this loopback-only ingress, which routes
+        # to local llama-servers only: a tunnelled request is never forwarded again (no loops).
+        self.tunnel_ingress = Ingress(
+            host="127.0.0.1",
+            port=0,
+            snapshot=self.local_snapshot,
             connect=connect_local,
             models_listing=self.models_listing,
-            on_demand=None,
+        )
+        self.mesh = MeshLink(
+            self.config,
+            self.state_dir,
+            tunnel_port=self._tunnel_port,
+            on_change=self.hub.changed,
         )
         self.console = ManagementServer(
             host=self.config.bind_host,
@@ -348,8 +445,10 @@ class Node:
         await self.ingress.start()
         try:
             await self.console.start()
+            await self.tunnel_ingress.start()
+            await self.mesh.start()
         except MeshLlmError:
-            await self.ingress.close()
+            await self._close_servers()
             raise
         try:
             if resolved:
@@ -363,12 +462,15 @@ class Node:
                 self._plan_models(resolved)
             self._print_summary()
             async with asyncio.TaskGroup() as group:
+                mesh_task = group.create_task(self.mesh.run())
+                self._changed()
                 for model in self.models:
                     model.task = group.create_task(model.supervisor.run())
                 group.create_task(self._announce_ready())
                 await self._stop.wait()
                 self._out("mesh-llm: shutting down")
                 await self._shutdown()
+                mesh_task.cancel()
         finally:
             await self._close_servers()
         return 0
@@ -392,6 +494,8 @@ class Node:
         assert self.console is not None
         host = "0.0.0.0" if self.config.listen_all else "127.0.0.1"
         self._out(f"mesh-llm {__version__}")
+        if self.mesh is not None and self.mesh.token:
+            self._out(f"Invite: {self.mesh.token}")
         self._out(f"  OpenAI API: http://{host}:{self.ingress.port}/v1")
         self._out(f"  Console:    http://{host}:{self.console.port}")
         self._out(f"  Capacity:   {self.capacity / GB:.1f} GB")
@@ -406,18 +510,35 @@ class Node:
                 " loading..."
             )
 
+    def _tunnel_port(self) -> int | None:
+        if self.config.client or self.tunnel_ingress is None:
+            return None
+        return self.tunnel_ingress.port
+
+    def _on_target_failed(self, target: Target) -> None:
+        log.info("target %s for %s failed", target.key, target.model)
+
     async def _shutdown(self) -> None:
+        """Stop accepting, cancel client streams, announce leaving, stop children."""
         if self.ingress is not None:
             await self.ingress.close()
+        if self.tunnel_ingress is not None:
+            await self.tunnel_ingress.close()
+        if self.mesh is not None:
+            await self.mesh.leave_and_close()
         await asyncio.gather(*(m.supervisor.stop() for m in self.models))
         for model in self.models:
             if model.task is not None:
                 model.task.cancel()
 
     async def _close_servers(self) -> None:
-        if self.ingress is not None:
+        for ingress in (self.ingress, self.tunnel_ingress):
+            if ingress is not None:
+                with contextlib.suppress(MeshLlmError):
+                    await ingress.close()
+        if self.mesh is not None:
             with contextlib.suppress(MeshLlmError):
-                await self.ingress.close()
+                await self.mesh.leave_and_close()
         if self.console is not None:
             with contextlib.suppress(MeshLlmError):
                 await self.console.close()

@@ -40,6 +40,21 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                        help="dir of llama-server, rpc-server (env MESH_LLM_BIN_DIR)")  # fmt: skip
     group.add_argument("--backend", choices=["cpu", "cuda", "metal", "vulkan", "hip"],
                        help="llama.cpp backend to build/use (default: detected)")  # fmt: skip
+    mesh = parser.add_argument_group("mesh")
+    mesh.add_argument("-j", "--join", action="append", default=[], metavar="TOKEN",
+                      help="join a mesh by invite token (repeatable; tried in order)")  # fmt: skip
+    mesh.add_argument("--client", action="store_true",
+                      help="run no models; route every request to the mesh")  # fmt: skip
+    mesh.add_argument("--mesh-name", metavar="NAME",
+                      help="name of the mesh this node starts (stable mesh id)")  # fmt: skip
+    mesh.add_argument("--relay", action="append", default=[], metavar="URL",
+                      help="iroh relay URL (repeatable; default: public relays)")  # fmt: skip
+    mesh.add_argument("--no-relay", action="store_true",
+                      help="no relays: direct addresses only")  # fmt: skip
+    mesh.add_argument("--bind-ip", metavar="IP",
+                      help="IP address of the QUIC socket (e.g. 127.0.0.1)")  # fmt: skip
+    mesh.add_argument("--bind-port", type=int, metavar="PORT",
+                      help="UDP port of the QUIC socket (default: ephemeral)")  # fmt: skip
     group.add_argument("--device", metavar="DEV",
                        help="rpc-server device, e.g. CUDA0 or CPU (default: detected)")  # fmt: skip
 
@@ -55,6 +70,10 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         raise ConfigError("--ctx-size must be at least 256")
     if args.parallel < 1:
         raise ConfigError("--parallel must be at least 1")
+    if args.client and (args.model or args.gguf):
+        raise ConfigError("--client runs no models: drop --model/--gguf, or drop --client")
+    if args.bind_port is not None and not 0 <= args.bind_port <= 65535:
+        raise ConfigError(f"--bind-port {args.bind_port} is not a valid port")
     for path in args.gguf:
         if not path.is_file():
             raise ConfigError(f"--gguf {path}: no such file")
@@ -70,12 +89,19 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         device=args.device,
         backend=args.backend,
         parallel=args.parallel,
+        client=args.client,
+        join=tuple(args.join),
+        relays=tuple(args.relay),
+        no_relay=args.no_relay,
+        bind_ip=args.bind_ip,
+        bind_port=args.bind_port,
+        mesh_name=args.mesh_name,
     )
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     config = config_from_args(args)
-    if not config.models and not config.gguf:
+    if not config.models and not config.gguf and not config.client and not config.join:
         parser.print_help()
         return 0
     return asyncio.run(Node(config).run())

@@ -1,0 +1,498 @@
+"""The asyncio adapter that runs the membership core over the iroh transport.
+
+It owns connections and streams; every decision comes from :class:`~mesh_llm.mesh.Membership`,
+whose actions it performs and whose inputs it feeds (with ``now`` from a monotonic clock).
+
+Per connection, accepted streams are handled each in its own task (a stalled stream never blocks
+the connection's other streams, unlike the original's sequential dispatcher). Before a peer has
+gossiped over its own connection, only GOSSIP (0x01) and ROUTE_REQUEST (0x05) are served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from mesh_llm.errors import ProtocolError, TransportError
+from mesh_llm.mesh.actions import (
+    Action,
+    BroadcastPeerDown,
+    CheckReachable,
+    CloseConnection,
+    Connect,
+    MeshIdAdopted,
+    PeersChanged,
+    Probe,
+    SendGossip,
+)
+from mesh_llm.mesh.membership import Membership
+from mesh_llm.network import BiStream, Conn, Transport
+from mesh_llm.protocol import (
+    MAX_CONTROL_FRAME_BYTES,
+    PRE_ADMISSION_STREAM_TYPES,
+    EndpointAddrInfo,
+    PeerDown,
+    PeerLeaving,
+    RouteTableRequest,
+    StreamType,
+    decode_gossip_frame,
+    decode_peer_down,
+    decode_peer_leaving,
+    decode_route_table_request,
+    encode_frame,
+    encode_gossip_frame,
+    encode_peer_down,
+    encode_peer_leaving,
+    encode_reply,
+    encode_route_table,
+    encode_route_table_request,
+    parse_frame_length,
+)
+
+__all__ = ["MeshService", "PeerTraffic", "TunnelStream"]
+
+log = logging.getLogger(__name__)
+
+TYPE_BYTE_TIMEOUT_S = 10.0
+FRAME_READ_TIMEOUT_S = 10.0
+TUNNEL_OPEN_TIMEOUT_S = 5.0
+RELAY_CHUNK = 64 * 1024
+MAX_STREAM_TASKS_PER_CONN = 1024
+
+
+def _short(peer_id: bytes) -> str:
+    return peer_id[:5].hex()
+
+
+@dataclass(slots=True)
+class PeerTraffic:
+    """Bytes carried by HTTP tunnels to and from one peer."""
+
+    sent: int = 0
+    received: int = 0
+
+
+class TunnelStream:
+    """An HTTP tunnel (stream 0x04) seen as the ingress's ``UpstreamStream``; counts bytes."""
+
+    def __init__(self, stream: BiStream, traffic: PeerTraffic) -> None:
+        self._stream = stream
+        self._traffic = traffic
+
+    async def write(self, data: bytes) -> None:
+        await self._stream.write(data)
+        self._traffic.sent += len(data)
+
+    async def read(self, n: int) -> bytes:
+        data = await self._stream.read(n)
+        self._traffic.received += len(data)
+        return data
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(TransportError):
+            await self._stream.reset(0)
+        await self._stream.aclose()
+
+
+@dataclass(slots=True)
+class _ConnState:
+    conn: Conn
+    inbound: bool
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+async def _read_frame(stream: BiStream) -> bytes:
+    header = await stream.read_exact(4)
+    length = parse_frame_length(header, MAX_CONTROL_FRAME_BYTES)
+    return await stream.read_exact(length)
+
+
+class MeshService:
+    """Runs one node's mesh membership: accept, dial, gossip, probe, tunnels."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        membership: Membership,
+        *,
+        tunnel_port: Callable[[], int | None],
+        on_change: Callable[[], None],
+        on_mesh_id: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.transport = transport
+        self.membership = membership
+        self._tunnel_port = tunnel_port
+        self._on_change = on_change
+        self._on_mesh_id = on_mesh_id or (lambda _mesh_id: None)
+        self._clock = clock
+        self._conns: dict[bytes, _ConnState] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._closing = False
+        self.traffic: dict[bytes, PeerTraffic] = {}
+
+    # ------------------------------------------------------------------------------ lifecycle
+
+    def _spawn(
+        self, coro: Coroutine[Any, Any, None], owner: set[asyncio.Task[None]] | None = None
+    ) -> None:
+        tasks = self._tasks if owner is None else owner
+        task = asyncio.get_running_loop().create_task(coro)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def run(self) -> None:
+        """Accept connections and drive the core's timers until cancelled."""
+        self._spawn(self._accept_loop())
+        try:
+            await self._timer_loop()
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+
+    def apply(self, actions: list[Action]) -> None:
+        """Perform actions the core returned (also used by the runtime after its own inputs)."""
+        for action in actions:
+            match action:
+                case SendGossip(peer_id=peer, discover=discover):
+                    self._spawn(self._gossip(peer, discover))
+                case Connect(addr=addr, timeout=timeout):
+                    self._spawn(self._connect(addr, timeout))
+                case CloseConnection(peer_id=peer):
+                    self._close_peer(peer)
+                case BroadcastPeerDown(peer_id=peer):
+                    self._spawn(self._broadcast_peer_down(peer))
+                case CheckReachable(peer_id=peer, timeout=timeout):
+                    self._spawn(self._check_reachable(peer, timeout))
+                case Probe(peer_id=peer):
+                    self._spawn(self._probe(peer))
+                case PeersChanged():
+                    self._on_change()
+                case MeshIdAdopted(mesh_id=mesh_id):
+                    self._on_mesh_id(mesh_id)
+        self._wake.set()
+
+    def join(self, addr: EndpointAddrInfo) -> None:
+        self.apply(self.membership.join(addr, self._clock()))
+
+    async def leave(self) -> None:
+        """Tell every peer we are leaving (PeerLeaving), then give the frames time to flush."""
+        self._closing = True
+        own = self.transport.node_id_bytes
+        frame = encode_frame(StreamType.PEER_LEAVING, encode_peer_leaving(PeerLeaving(own)))
+        sends = [self._send_oneway(state.conn, frame) for state in list(self._conns.values())]
+        if sends:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await asyncio.gather(*sends, return_exceptions=True)
+            await asyncio.sleep(self.membership.timing.leave_flush)
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in list(self._tasks):
+            task.cancel()
+        for state in list(self._conns.values()):
+            with contextlib.suppress(TransportError):
+                state.conn.close(0, b"shutdown")
+            for task in list(state.tasks):
+                task.cancel()
+        self._conns.clear()
+
+    async def _timer_loop(self) -> None:
+        while True:
+            now = self._clock()
+            delay = max(0.0, min(self.membership.next_deadline() - now, 1.0))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            self.apply(self.membership.tick(self._clock()))
+
+    # ---------------------------------------------------------------------------- connections
+
+    async def _accept_loop(self) -> None:
+        while not self._closing:
+            try:
+                conn = await self.transport.accept()
+            except TransportError as exc:
+                if self.transport.is_closed:
+                    return
+                log.debug("accept failed: %s", exc)
+                continue
+            self._register(conn, inbound=True)
+
+    def _register(self, conn: Conn, *, inbound: bool) -> None:
+        peer = conn.remote_id_bytes
+        if peer == self.transport.node_id_bytes:
+            conn.close(0, b"self")
+            return
+        old = self._conns.get(peer)
+        state = _ConnState(conn, inbound)
+        self._conns[peer] = state
+        if old is not None and old.conn is not conn:
+            # Keep only the newest connection; cleanup is keyed by connection, so the old one's
+            # death never evicts this one.
+            with contextlib.suppress(TransportError):
+                old.conn.close(0, b"replaced")
+        self.traffic.setdefault(peer, PeerTraffic())
+        self._spawn(self._serve(state))
+        self.apply(self.membership.connection_up(peer, inbound, self._clock()))
+
+    async def _serve(self, state: _ConnState) -> None:
+        conn = state.conn
+        peer = conn.remote_id_bytes
+        try:
+            while True:
+                stream = await conn.accept_bi()
+                if len(state.tasks) >= MAX_STREAM_TASKS_PER_CONN:
+                    await stream.aclose()
+                    continue
+                self._spawn(self._handle_stream(conn, stream), state.tasks)
+        except TransportError:
+            pass
+        finally:
+            for task in list(state.tasks):
+                task.cancel()
+            if self._conns.get(peer) is state:
+                del self._conns[peer]
+                if not self._closing:
+                    self.apply(self.membership.connection_lost(peer, self._clock()))
+
+    def _close_peer(self, peer: bytes) -> None:
+        state = self._conns.get(peer)
+        if state is not None:
+            with contextlib.suppress(TransportError):
+                state.conn.close(0, b"closed by membership")
+
+    async def _connect(self, addr: EndpointAddrInfo, limit_s: float) -> None:
+        peer = addr.id_bytes
+        existing = self._conns.get(peer)
+        if existing is not None and not existing.conn.is_closed:
+            self.apply(self.membership.connection_up(peer, False, self._clock()))
+            return
+        try:
+            conn = await self.transport.connect(addr, timeout=limit_s)
+        except TransportError as exc:
+            log.info("connect to %s failed: %s", _short(peer), exc)
+            self.apply(self.membership.connect_failed(peer, self._clock()))
+            return
+        if conn.remote_id_bytes != peer:
+            conn.close(0, b"unexpected id")
+            self.apply(self.membership.connect_failed(peer, self._clock()))
+            return
+        self._register(conn, inbound=False)
+
+    # --------------------------------------------------------------------------- outbound ops
+
+    def is_connected(self, peer: bytes) -> bool:
+        return self._conn(peer) is not None
+
+    def _conn(self, peer: bytes) -> Conn | None:
+        state = self._conns.get(peer)
+        return None if state is None or state.conn.is_closed else state.conn
+
+    async def _gossip(self, peer: bytes, discover: bool) -> None:
+        conn = self._conn(peer)
+        if conn is None:
+            self.apply(self.membership.gossip_failed(peer, self._clock()))
+            return
+        frame_bytes = encode_gossip_frame(self.membership.gossip_frame(self._clock()))
+        try:
+            async with asyncio.timeout(self.membership.timing.gossip_timeout):
+                stream = await conn.open_bi()
+                async with stream:
+                    await stream.write(encode_frame(StreamType.GOSSIP, frame_bytes))
+                    await stream.finish()
+                    body = await _read_frame(stream)
+            reply = decode_gossip_frame(body, remote_id=peer)
+        except (TransportError, ProtocolError, TimeoutError) as exc:
+            log.info("gossip with %s failed: %s", _short(peer), exc or type(exc).__name__)
+            self.apply(self.membership.gossip_failed(peer, self._clock()))
+            return
+        now = self._clock()
+        self._record_rtt(peer, conn, now)
+        self.apply(self.membership.gossip_received(peer, reply, now, discover=discover))
+
+    def _record_rtt(self, peer: bytes, conn: Conn, now: float) -> None:
+        with contextlib.suppress(TransportError):
+            rtt = conn.rtt_ms()
+            if rtt is not None:
+                self.apply(self.membership.probe_result(peer, True, rtt, now))
+
+    async def _send_oneway(self, conn: Conn, frame: bytes) -> None:
+        try:
+            async with asyncio.timeout(3.0):
+                stream = await conn.open_bi()
+                await stream.write(frame)
+                await stream.finish()
+        except (TransportError, TimeoutError) as exc:
+            log.debug("one-way send to %s failed: %s", conn.remote_id[:10], exc)
+
+    async def _broadcast_peer_down(self, dead: bytes) -> None:
+        frame = encode_frame(StreamType.PEER_DOWN, encode_peer_down(PeerDown(dead)))
+        sends = [
+            self._send_oneway(state.conn, frame)
+            for peer, state in list(self._conns.items())
+            if peer != dead
+        ]
+        await asyncio.gather(*sends, return_exceptions=True)
+
+    async def _probe(self, peer: bytes) -> None:
+        conn = self._conn(peer)
+        ok = False
+        if conn is not None:
+            try:
+                ok = await conn.probe(self.membership.timing.probe_timeout)
+            except TransportError:
+                ok = False
+        rtt = None
+        if ok and conn is not None:
+            with contextlib.suppress(TransportError):
+                rtt = conn.rtt_ms()
+        self.apply(self.membership.probe_result(peer, ok, rtt, self._clock()))
+
+    async def _check_reachable(self, peer: bytes, limit_s: float) -> None:
+        conn = self._conn(peer)
+        ok = False
+        if conn is not None:
+            with contextlib.suppress(TransportError):
+                ok = await conn.probe(limit_s)
+        now = self._clock()
+        if ok:
+            self.apply(self.membership.probe_result(peer, True, None, now))
+        else:
+            self.apply(self.membership.peer_unreachable_confirmed(peer, now))
+
+    async def open_http_tunnel(self, peer_hex: str) -> TunnelStream:
+        """Open an HTTP tunnel (0x04) to ``peer``'s ingress; raises TransportError on failure."""
+        peer = bytes.fromhex(peer_hex)
+        conn = self._conn(peer)
+        if conn is None:
+            raise TransportError(f"no connection to {peer_hex[:10]}")
+        try:
+            async with asyncio.timeout(TUNNEL_OPEN_TIMEOUT_S):
+                stream = await conn.open_bi()
+                await stream.write(bytes([StreamType.TUNNEL_HTTP]))
+        except TimeoutError as exc:
+            raise TransportError(f"opening a tunnel to {peer_hex[:10]} timed out") from exc
+        return TunnelStream(stream, self.traffic.setdefault(peer, PeerTraffic()))
+
+    async def request_route_table(self, peer: bytes) -> bytes:
+        """Ask ``peer`` for its route table (0x05); returns the encoded reply body."""
+        conn = self._conn(peer)
+        if conn is None:
+            raise TransportError("no connection")
+        request = encode_route_table_request(RouteTableRequest(self.transport.node_id_bytes))
+        async with asyncio.timeout(FRAME_READ_TIMEOUT_S):
+            stream = await conn.open_bi()
+            async with stream:
+                await stream.write(encode_frame(StreamType.ROUTE_REQUEST, request))
+                await stream.finish()
+                return await _read_frame(stream)
+
+    # ---------------------------------------------------------------------------- inbound ops
+
+    async def _handle_stream(self, conn: Conn, stream: BiStream) -> None:
+        peer = conn.remote_id_bytes
+        try:
+            async with asyncio.timeout(TYPE_BYTE_TIMEOUT_S):
+                first = await stream.read_exact(1)
+            self.membership.heard_from(peer, self._clock())
+            kind = first[0]
+            if kind not in PRE_ADMISSION_STREAM_TYPES and not self.membership.is_admitted(peer):
+                log.info("stream 0x%02x from unadmitted %s refused", kind, _short(peer))
+                await stream.reset(1)
+                return
+            match kind:
+                case StreamType.GOSSIP:
+                    await self._serve_gossip(peer, stream)
+                case StreamType.ROUTE_REQUEST:
+                    await self._serve_route_request(stream)
+                case StreamType.TUNNEL_HTTP:
+                    await self._serve_http_tunnel(peer, stream)
+                case StreamType.PEER_DOWN:
+                    body = await self._read_frame_timed(stream)
+                    message = decode_peer_down(body)
+                    self.apply(self.membership.peer_down_received(peer, message, self._clock()))
+                case StreamType.PEER_LEAVING:
+                    body = await self._read_frame_timed(stream)
+                    leaving = decode_peer_leaving(body, remote_id=peer)
+                    self.apply(self.membership.peer_leaving_received(peer, leaving, self._clock()))
+                case _:
+                    # 0x02 (RPC, not yet), 0x03 tunnel maps, 0x08-0x0a auxiliary: accepted, dropped.
+                    await stream.reset(0)
+        except (ProtocolError, TransportError, TimeoutError) as exc:
+            log.info("stream from %s dropped: %s", _short(peer), exc or type(exc).__name__)
+            with contextlib.suppress(TransportError):
+                await stream.reset(2)
+        except Exception:
+            log.exception("stream handler from %s failed", _short(peer))
+            with contextlib.suppress(TransportError):
+                await stream.reset(3)
+
+    async def _read_frame_timed(self, stream: BiStream) -> bytes:
+        async with asyncio.timeout(FRAME_READ_TIMEOUT_S):
+            return await _read_frame(stream)
+
+    async def _serve_gossip(self, peer: bytes, stream: BiStream) -> None:
+        body = await self._read_frame_timed(stream)
+        frame = decode_gossip_frame(body, remote_id=peer)  # invalid: no reply, peer stays out
+        reply = encode_gossip_frame(self.membership.gossip_frame(self._clock()))
+        await stream.write(encode_reply(reply))
+        await stream.finish()
+        now = self._clock()
+        conn = self._conn(peer)
+        if conn is not None:
+            self._record_rtt(peer, conn, now)
+        self.apply(self.membership.gossip_received(peer, frame, now))
+
+    async def _serve_route_request(self, stream: BiStream) -> None:
+        body = await self._read_frame_timed(stream)
+        decode_route_table_request(body)
+        await stream.write(encode_reply(encode_route_table(self.membership.route_table())))
+        await stream.finish()
+
+    async def _serve_http_tunnel(self, peer: bytes, stream: BiStream) -> None:
+        port = self._tunnel_port()
+        if port is None:
+            await stream.reset(4)
+            return
+        traffic = self.traffic.setdefault(peer, PeerTraffic())
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+        async def quic_to_tcp() -> None:
+            # The requester never finishes its side; a half-close must not reach the ingress,
+            # which would take it for a client that went away.
+            while data := await stream.read(RELAY_CHUNK):
+                traffic.received += len(data)
+                writer.write(data)
+                await writer.drain()
+
+        async def tcp_to_quic() -> None:
+            while data := await reader.read(RELAY_CHUNK):
+                await stream.write(data)
+                traffic.sent += len(data)
+            await stream.finish()
+
+        response = asyncio.ensure_future(tcp_to_quic())
+        request = asyncio.ensure_future(quic_to_tcp())
+        try:
+            done, _ = await asyncio.wait({response, request}, return_when=asyncio.FIRST_COMPLETED)
+            if response not in done and request.exception() is None:
+                await response  # requester finished cleanly: the response is still coming
+            # else: the requester reset the stream (client gone): closing the TCP side cancels
+            # the generation upstream.
+        finally:
+            for task in (response, request):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, TransportError, OSError):
+                    await task
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()

@@ -1,0 +1,223 @@
+"""Wires a node into the mesh: identity, transport, membership core and its service.
+
+Owns the decisions that need the node's configuration (which key, which mesh id, which tokens)
+and turns the membership view into routing targets and status rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mesh_llm.errors import ConfigError, ProtocolError
+from mesh_llm.mesh import Membership, MeshService, Timing
+from mesh_llm.network import Target, Transport, generate_key, load_or_create_key
+from mesh_llm.protocol import (
+    EndpointAddrInfo,
+    NodeRole,
+    PeerAnnouncement,
+    decode_token,
+    encode_token,
+    named_mesh_id,
+    random_mesh_id,
+)
+from mesh_llm.runtime.config import NodeConfig
+
+__all__ = ["MeshLink", "decode_join_tokens"]
+
+log = logging.getLogger(__name__)
+
+
+def decode_join_tokens(tokens: tuple[str, ...]) -> list[EndpointAddrInfo]:
+    addrs = []
+    for token in tokens:
+        try:
+            addrs.append(decode_token(token))
+        except ProtocolError as exc:
+            raise ConfigError(f"invalid --join token {token[:12]}...: {exc}") from exc
+    return addrs
+
+
+def _mesh_id_for(config: NodeConfig, state: Path) -> str | None:
+    """Originators pick the mesh id; joiners adopt the first one gossiped to them."""
+    if config.mesh_name:
+        return named_mesh_id(config.mesh_name)
+    if config.join:
+        return None
+    path = state / "mesh-id"
+    with contextlib.suppress(OSError):
+        existing = path.read_text().strip()
+        if len(existing) == 32:
+            return existing
+    mesh_id = random_mesh_id()
+    with contextlib.suppress(OSError):
+        path.write_text(mesh_id + "\n")
+    return mesh_id
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteModel:
+    model: str
+    peer_hex: str
+    context_length: int | None
+
+
+class MeshLink:
+    """The node's mesh membership, started by :meth:`start` and run by :meth:`run`."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        state: Path,
+        *,
+        tunnel_port: Callable[[], int | None],
+        on_change: Callable[[], None],
+        timing: Timing | None = None,
+    ) -> None:
+        self.config = config
+        self.state = state
+        self._tunnel_port = tunnel_port
+        self._on_change = on_change
+        self.timing = timing or Timing()
+        self.bootstrap = decode_join_tokens(config.join)
+        self.transport: Transport | None = None
+        self.service: MeshService | None = None
+        self.membership: Membership | None = None
+        self.token: str | None = None
+        self._closed = False
+
+    async def start(self) -> None:
+        """Bind the QUIC endpoint (never waits on the internet) and build the core."""
+        ephemeral = self.config.client or bool(os.environ.get("MESH_LLM_EPHEMERAL_KEY"))
+        key = generate_key() if ephemeral else load_or_create_key(self.state / "key")
+        relays = list(self.config.relays) or None
+        self.transport = await Transport.bind(
+            key,
+            relay_urls=relays,
+            no_relay=self.config.no_relay,
+            bind_ip=self.config.bind_ip,
+            bind_port=self.config.bind_port,
+        )
+        now = time.monotonic()
+        self.membership = Membership(
+            self.transport.node_id_bytes,
+            now=now,
+            timing=self.timing,
+            mesh_id=_mesh_id_for(self.config, self.state),
+            bootstrap=self.bootstrap,
+            wall_offset=time.time() - now,
+        )
+        self.service = MeshService(
+            self.transport,
+            self.membership,
+            tunnel_port=self._tunnel_port,
+            on_change=self._on_change,
+            on_mesh_id=self._save_mesh_id,
+        )
+        self.token = encode_token(self.transport.addr())
+
+    def _save_mesh_id(self, mesh_id: str) -> None:
+        with contextlib.suppress(OSError):
+            (self.state / "last-mesh").write_text(mesh_id + "\n")
+        self._on_change()
+
+    @property
+    def node_id(self) -> str | None:
+        return self.transport.node_id if self.transport else None
+
+    async def run(self) -> None:
+        assert self.service is not None
+        for addr in self.bootstrap:
+            self.service.join(addr)
+        await self.service.run()
+
+    async def leave_and_close(self) -> None:
+        """Announce leaving, then close the transport. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.service is not None:
+            await self.service.leave()
+            await self.service.close()
+        if self.transport is not None:
+            await self.transport.close()
+
+    def refresh_token(self) -> None:
+        if self.transport is not None:
+            self.token = encode_token(self.transport.addr())
+
+    def announce(self, announcement: PeerAnnouncement) -> None:
+        """Publish what this node serves (gossiped at once to every connected member)."""
+        if self.membership is None or self.service is None:
+            return
+        self.service.apply(self.membership.update_self(announcement, time.monotonic()))
+
+    def record_request(self, model: str) -> None:
+        if self.membership is not None:
+            self.membership.record_request(model, time.monotonic())
+
+    # ------------------------------------------------------------------------------ views
+
+    def remote_targets(self) -> dict[str, list[Target]]:
+        """Models served by connected, admitted HOST peers, in the spec's host order."""
+        membership = self.membership
+        service = self.service
+        if membership is None or service is None:
+            return {}
+        models: dict[str, None] = {}
+        for peer in membership.peer_ids():
+            ann = membership.announcement(peer)
+            if ann is None or ann.role is not NodeRole.HOST:
+                continue
+            for model in ann.hosted_models if ann.hosted_models_known else ann.serving_models:
+                models[model] = None
+        targets: dict[str, list[Target]] = {}
+        for model in models:
+            for peer in membership.hosts_for_model(model, membership.own_id):
+                if not (membership.is_admitted(peer) and service.is_connected(peer)):
+                    continue
+                ann = membership.announcement(peer)
+                ctx = None
+                if ann is not None:
+                    ctx = next(
+                        (s.context_length for s in ann.served_models if s.name == model), None
+                    )
+                hex_id = peer.hex()
+                targets.setdefault(model, []).append(
+                    Target(model, f"peer:{hex_id}", None, hex_id, ctx)
+                )
+        return targets
+
+    def peers_status(self) -> list[dict[str, object]]:
+        membership = self.membership
+        service = self.service
+        if membership is None or service is None:
+            return []
+        rows: list[dict[str, object]] = []
+        for view in membership.peers_view(time.monotonic()):
+            traffic = service.traffic.get(view.peer_id)
+            rows.append(
+                {
+                    "id": view.peer_id.hex(),
+                    "short_id": view.peer_id[:5].hex(),
+                    "role": view.role.name.capitalize(),
+                    "models": list(view.serving_models),
+                    "serving_models": list(view.serving_models),
+                    "hosted_models": list(view.hosted_models),
+                    "hosted_models_known": True,
+                    "vram_gb": round(view.vram_bytes / 1e9, 2),
+                    "version": view.version,
+                    "rtt_ms": view.rtt_ms,
+                    "direct": view.direct,
+                    "connected": view.connected,
+                    "last_seen_secs_ago": round(view.last_seen_age, 1),
+                    "tunnel_bytes_sent": traffic.sent if traffic else 0,
+                    "tunnel_bytes_received": traffic.received if traffic else 0,
+                }
+            )
+        return rows
