@@ -380,8 +380,13 @@ class Ingress:
         self, conn: _Connection, upstream: UpstreamStream, first: bytes, model: str
     ) -> None:
         cut = first.index(b"\r\n") + 2
-        label = model.replace("\r", "").replace("\n", "")
-        extra = f"{MODEL_HEADER}: {label}\r\n".encode()
+        head_end = first.find(b"\r\n\r\n")
+        head = first[: head_end if head_end >= 0 else len(first)].lower()
+        if b"\r\n" + MODEL_HEADER.encode() + b":" in head:
+            extra = b""  # a mesh peer's ingress already named the model that answered
+        else:
+            label = model.replace("\r", "").replace("\n", "")
+            extra = f"{MODEL_HEADER}: {label}\r\n".encode()
         try:
             await conn.send(first[:cut] + extra + first[cut:])
             while chunk := await upstream.read(READ_SIZE):
