@@ -57,6 +57,10 @@ class RoutingSnapshot:
 
     targets: Mapping[str, Sequence[Target]]
     serving: bool
+    unavailable: frozenset[str] = frozenset()
+    """Models the mesh served recently but nobody serves now: a request naming one gets 503
+    instead of the unknown-model fallback (asking for a model that just went away must not
+    silently answer with another one)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +127,8 @@ def choose_candidates(
 ) -> tuple[str | None, list[Target]]:
     """The answering model and the targets to try, in order.
 
-    A model with targets gets exactly those. Any other name (missing, ``auto``, unknown)
+    A model with targets gets exactly those; a model in ``snapshot.unavailable`` gets none.
+    Any other name (missing, ``auto``, unknown)
     falls back to every target of every model: on a serving node local targets first,
     otherwise in snapshot order; the answering model is then the first candidate's. With
     nothing to try, the result is ``(model, [])``.
@@ -132,6 +137,8 @@ def choose_candidates(
     known = snapshot.targets.get(model) if model is not None else None
     if known:
         return model, order_by_context_fit(known, required)
+    if model is not None and model in snapshot.unavailable:
+        return model, []
     everything = [t for targets in snapshot.targets.values() for t in targets]
     if snapshot.serving:
         everything.sort(key=lambda t: t.local_port is None)

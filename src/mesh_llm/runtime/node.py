@@ -56,6 +56,7 @@ __all__ = ["Node", "ServedModel"]
 log = logging.getLogger(__name__)
 
 FIT_FACTOR = 1.1
+SEEN_MODEL_TTL_S = 1800.0  # a model served within this window and gone now gets 503, not fallback
 
 
 @dataclass(slots=True)
@@ -102,6 +103,7 @@ class Node:
         self.console: ManagementServer | None = None
         self.mesh: MeshLink | None = None
         self._identity: dict[str, str] = {}
+        self._seen_models: dict[str, float] = {}
         self.started_at = time.time()
         self._stop = asyncio.Event()
 
@@ -115,7 +117,15 @@ class Node:
         targets: dict[str, list[Target]] = {m: list(t) for m, t in local.targets.items()}
         for model, remote in self.mesh.remote_targets().items():
             targets.setdefault(model, []).extend(remote)
-        return RoutingSnapshot(targets=targets, serving=local.serving)
+        now = time.monotonic()
+        for model in targets:
+            self._seen_models[model] = now
+        unavailable = frozenset(
+            m
+            for m, seen in self._seen_models.items()
+            if m not in targets and now - seen < SEEN_MODEL_TTL_S
+        )
+        return RoutingSnapshot(targets=targets, serving=local.serving, unavailable=unavailable)
 
     async def connect_target(self, target: Target) -> UpstreamStream:
         if target.local_port is not None:

@@ -168,3 +168,13 @@ def test_non_json_or_odd_bodies_give_empty_fields(body: bytes) -> None:
 @given(st.binary(max_size=500))
 def test_extract_never_raises(body: bytes) -> None:
     assert isinstance(extract_routing_fields(body), RoutingFields)
+
+
+def test_recently_served_model_gets_no_fallback() -> None:
+    """A model whose host just left answers 503 (no candidates), not another model."""
+    from mesh_llm.network.routing import RoutingSnapshot, Target, choose_candidates
+
+    other = Target("a", "local:1", 1, None, 4096)
+    snapshot = RoutingSnapshot({"a": [other]}, serving=True, unavailable=frozenset({"b"}))
+    assert choose_candidates(snapshot, "b", 10, None) == ("b", [])
+    assert choose_candidates(snapshot, "never-seen", 10, None) == ("a", [other])
