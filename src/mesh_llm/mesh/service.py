@@ -136,6 +136,8 @@ class MeshService:
         self._wake = asyncio.Event()
         self._closing = False
         self.traffic: dict[bytes, PeerTraffic] = {}
+        self.rpc_handler: Callable[[bytes, BiStream], Coroutine[Any, Any, None]] | None = None
+        """Serves inbound RPC tunnels (0x02) from admitted peers; None: they are refused."""
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -369,18 +371,23 @@ class MeshService:
         else:
             self.apply(self.membership.peer_unreachable_confirmed(peer, now))
 
-    async def open_http_tunnel(self, peer_hex: str) -> TunnelStream:
-        """Open an HTTP tunnel (0x04) to ``peer``'s ingress; raises TransportError on failure."""
-        peer = bytes.fromhex(peer_hex)
+    async def open_stream(self, peer: bytes, kind: StreamType) -> BiStream:
+        """Open a stream of type ``kind`` to ``peer`` (type byte written); TransportError if not."""
         conn = self._conn(peer)
         if conn is None:
-            raise TransportError(f"no connection to {peer_hex[:10]}")
+            raise TransportError(f"no connection to {_short(peer)}")
         try:
             async with asyncio.timeout(TUNNEL_OPEN_TIMEOUT_S):
                 stream = await conn.open_bi()
-                await stream.write(bytes([StreamType.TUNNEL_HTTP]))
+                await stream.write(bytes([kind]))
         except TimeoutError as exc:
-            raise TransportError(f"opening a tunnel to {peer_hex[:10]} timed out") from exc
+            raise TransportError(f"opening a stream to {_short(peer)} timed out") from exc
+        return stream
+
+    async def open_http_tunnel(self, peer_hex: str) -> TunnelStream:
+        """Open an HTTP tunnel (0x04) to ``peer``'s ingress; raises TransportError on failure."""
+        peer = bytes.fromhex(peer_hex)
+        stream = await self.open_stream(peer, StreamType.TUNNEL_HTTP)
         return TunnelStream(stream, self.traffic.setdefault(peer, PeerTraffic()))
 
     async def request_route_table(self, peer: bytes) -> bytes:
@@ -416,6 +423,8 @@ class MeshService:
                     await self._serve_route_request(stream)
                 case StreamType.TUNNEL_HTTP:
                     await self._serve_http_tunnel(peer, stream)
+                case StreamType.TUNNEL_RPC if self.rpc_handler is not None:
+                    await self.rpc_handler(peer, stream)
                 case StreamType.PEER_DOWN:
                     body = await self._read_frame_timed(stream)
                     message = decode_peer_down(body)
@@ -425,7 +434,7 @@ class MeshService:
                     leaving = decode_peer_leaving(body, remote_id=peer)
                     self.apply(self.membership.peer_leaving_received(peer, leaving, self._clock()))
                 case _:
-                    # 0x02 (RPC, not yet), 0x03 tunnel maps, 0x08-0x0a auxiliary: accepted, dropped.
+                    # 0x02 without an rpc-server, 0x03 tunnel maps, 0x08-0x0a: accepted, dropped.
                     await stream.reset(0)
         except (ProtocolError, TransportError, TimeoutError) as exc:
             log.info("stream from %s dropped: %s", _short(peer), exc or type(exc).__name__)
