@@ -234,6 +234,8 @@ class PeerAnnouncement:
     mesh_id: str | None = None
     demand: tuple[DemandEntry, ...] = ()
     model_source: str | None = None
+    llama_build: str | None = None
+    rpc_ready: bool = False
     gpu_name: str | None = None
     gpu_vram: str | None = None
     hostname: str | None = None
@@ -403,6 +405,8 @@ def _announcement(msg: Any) -> PeerAnnouncement | None:
         mesh_id=_opt(msg, "mesh_id"),
         demand=tuple(DemandEntry(d.model_name, d.last_active, d.request_count) for d in msg.demand),
         model_source=_opt(msg, "model_source"),
+        llama_build=_opt(msg, "llama_build"),
+        rpc_ready=bool(_opt(msg, "rpc_ready")),
         gpu_name=_opt(msg, "gpu_name"),
         gpu_vram=_opt(msg, "gpu_vram"),
         hostname=_opt(msg, "hostname"),
@@ -519,6 +523,8 @@ def _announcement_pb(peer: PeerAnnouncement, out: Any) -> None:
     out.catalog_models.extend(peer.catalog_models)
     out.vram_bytes = peer.vram_bytes
     _set_optional(out, "model_source", peer.model_source)
+    _set_optional(out, "llama_build", peer.llama_build)
+    _set_optional(out, "rpc_ready", peer.rpc_ready or None)
     _set_optional(out, "primary_serving", peer.primary_serving)
     _set_optional(out, "mesh_id", peer.mesh_id)
     for d in peer.demand:

@@ -55,7 +55,7 @@ class GossipFrame(_message.Message):
     def __init__(self, gen: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[PeerAnnouncement, _Mapping]]] = ..., sender_id: _Optional[bytes] = ...) -> None: ...
 
 class PeerAnnouncement(_message.Message):
-    __slots__ = ("endpoint_id", "role", "http_port", "version", "gpu_name", "hostname", "is_soc", "gpu_vram", "available_models", "serving_models", "requested_models", "available_model_metadata", "experts_summary", "rtt_ms", "catalog_models", "vram_bytes", "model_source", "primary_serving", "mesh_id", "demand", "available_model_sizes", "serialized_addr", "hosted_models", "hosted_models_known", "served_model_descriptors", "served_model_identities", "served_model_runtime")
+    __slots__ = ("endpoint_id", "role", "http_port", "version", "gpu_name", "hostname", "is_soc", "gpu_vram", "available_models", "serving_models", "requested_models", "available_model_metadata", "experts_summary", "rtt_ms", "catalog_models", "vram_bytes", "model_source", "primary_serving", "mesh_id", "demand", "available_model_sizes", "serialized_addr", "hosted_models", "hosted_models_known", "served_model_descriptors", "served_model_identities", "served_model_runtime", "llama_build", "rpc_ready")
     class AvailableModelSizesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +90,8 @@ class PeerAnnouncement(_message.Message):
     SERVED_MODEL_DESCRIPTORS_FIELD_NUMBER: _ClassVar[int]
     SERVED_MODEL_IDENTITIES_FIELD_NUMBER: _ClassVar[int]
     SERVED_MODEL_RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    LLAMA_BUILD_FIELD_NUMBER: _ClassVar[int]
+    RPC_READY_FIELD_NUMBER: _ClassVar[int]
     endpoint_id: bytes
     role: NodeRole
     http_port: int
@@ -117,7 +119,9 @@ class PeerAnnouncement(_message.Message):
     served_model_descriptors: _containers.RepeatedCompositeFieldContainer[ServedModelDescriptor]
     served_model_identities: _containers.RepeatedCompositeFieldContainer[ServedModelIdentity]
     served_model_runtime: _containers.RepeatedCompositeFieldContainer[ModelRuntimeDescriptor]
-    def __init__(self, endpoint_id: _Optional[bytes] = ..., role: _Optional[_Union[NodeRole, str]] = ..., http_port: _Optional[int] = ..., version: _Optional[str] = ..., gpu_name: _Optional[str] = ..., hostname: _Optional[str] = ..., is_soc: _Optional[bool] = ..., gpu_vram: _Optional[str] = ..., available_models: _Optional[_Iterable[str]] = ..., serving_models: _Optional[_Iterable[str]] = ..., requested_models: _Optional[_Iterable[str]] = ..., available_model_metadata: _Optional[_Iterable[_Union[CompactModelMetadata, _Mapping]]] = ..., experts_summary: _Optional[_Union[ExpertsSummary, _Mapping]] = ..., rtt_ms: _Optional[int] = ..., catalog_models: _Optional[_Iterable[str]] = ..., vram_bytes: _Optional[int] = ..., model_source: _Optional[str] = ..., primary_serving: _Optional[str] = ..., mesh_id: _Optional[str] = ..., demand: _Optional[_Iterable[_Union[ModelDemandEntry, _Mapping]]] = ..., available_model_sizes: _Optional[_Mapping[str, int]] = ..., serialized_addr: _Optional[bytes] = ..., hosted_models: _Optional[_Iterable[str]] = ..., hosted_models_known: _Optional[bool] = ..., served_model_descriptors: _Optional[_Iterable[_Union[ServedModelDescriptor, _Mapping]]] = ..., served_model_identities: _Optional[_Iterable[_Union[ServedModelIdentity, _Mapping]]] = ..., served_model_runtime: _Optional[_Iterable[_Union[ModelRuntimeDescriptor, _Mapping]]] = ...) -> None: ...
+    llama_build: str
+    rpc_ready: bool
+    def __init__(self, endpoint_id: _Optional[bytes] = ..., role: _Optional[_Union[NodeRole, str]] = ..., http_port: _Optional[int] = ..., version: _Optional[str] = ..., gpu_name: _Optional[str] = ..., hostname: _Optional[str] = ..., is_soc: _Optional[bool] = ..., gpu_vram: _Optional[str] = ..., available_models: _Optional[_Iterable[str]] = ..., serving_models: _Optional[_Iterable[str]] = ..., requested_models: _Optional[_Iterable[str]] = ..., available_model_metadata: _Optional[_Iterable[_Union[CompactModelMetadata, _Mapping]]] = ..., experts_summary: _Optional[_Union[ExpertsSummary, _Mapping]] = ..., rtt_ms: _Optional[int] = ..., catalog_models: _Optional[_Iterable[str]] = ..., vram_bytes: _Optional[int] = ..., model_source: _Optional[str] = ..., primary_serving: _Optional[str] = ..., mesh_id: _Optional[str] = ..., demand: _Optional[_Iterable[_Union[ModelDemandEntry, _Mapping]]] = ..., available_model_sizes: _Optional[_Mapping[str, int]] = ..., serialized_addr: _Optional[bytes] = ..., hosted_models: _Optional[_Iterable[str]] = ..., hosted_models_known: _Optional[bool] = ..., served_model_descriptors: _Optional[_Iterable[_Union[ServedModelDescriptor, _Mapping]]] = ..., served_model_identities: _Optional[_Iterable[_Union[ServedModelIdentity, _Mapping]]] = ..., served_model_runtime: _Optional[_Iterable[_Union[ModelRuntimeDescriptor, _Mapping]]] = ..., llama_build: _Optional[str] = ..., rpc_ready: _Optional[bool] = ...) -> None: ...
 
 class ModelDemandEntry(_message.Message):
     __slots__ = ("model_name", "last_active", "request_count")
