@@ -1,4 +1,4 @@
-"""Proxy overhead: streaming tok/s and time to first token through :9337 vs directly at llama-server.
+"""Proxy overhead: streaming tok/s and time to first token, through :9337 vs at llama-server.
 
 Same prompts, same llama-server, requests interleaved (alternating which path goes first), median of
 ``--rounds``. Run at two token rates: SmolLM2-135M (about 140 tok/s on a 2-core CPU) and a synthetic
@@ -93,7 +93,8 @@ def main() -> None:
     print(header)
     for r in rows:
         print(
-            f"{r['model']!s:32} {r['direct_tok_s']:>12} {r['proxy_tok_s']:>12} {r['tok_s_ratio']:>6} "
+            f"{r['model']!s:32} {r['direct_tok_s']:>12} {r['proxy_tok_s']:>12} "
+            f"{r['tok_s_ratio']:>6} "
             f"{r['direct_ttft_ms']:>10}ms {r['proxy_ttft_ms']:>9}ms {r['ttft_added_ms']:>6}ms"
         )
     out = REPO / "bench" / "results"

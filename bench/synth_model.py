@@ -1,6 +1,6 @@
 """Write a tiny synthetic llama GGUF (random weights) that borrows a real model's tokenizer.
 
-2 layers, 256 wide: llama-server streams it at ~1,000 tok/s on a laptop CPU, close to what a 1B model
+2 layers, 256 wide: llama-server streams it at ~1,000 tok/s on a small CPU, close to what a 1B model
 streams on a datacenter GPU, which is where per-chunk proxy overhead starts to show.
 
     python bench/synth_model.py SOURCE.gguf OUT.gguf

@@ -104,7 +104,7 @@ def test_client_lists_and_chats_through_tunnel(mesh: Mesh) -> None:
     assert mesh.c is not None
     ids = [m.id for m in client(mesh.c).models.list().data]
     assert set(ids) == {MODEL_A, MODEL_B}
-    answered, text = chat(mesh.c, MODEL_A)
+    answered, _ = chat(mesh.c, MODEL_A)
     assert answered == MODEL_A
     stream = client(mesh.c).chat.completions.create(
         model=MODEL_A,
