@@ -18,6 +18,16 @@ from mesh_llm.inference.launch import (
     choose_ctx_size,
     llama_server_argv,
 )
+from mesh_llm.inference.placement import (
+    FIT_FACTOR,
+    MAX_SPLIT_RTT_MS,
+    Member,
+    Plan,
+    PlanKind,
+    fits_solo,
+    plan_model,
+    tensor_split,
+)
 from mesh_llm.inference.supervisor import (
     RestartPolicy,
     ServerState,
@@ -28,12 +38,17 @@ from mesh_llm.inference.supervisor import (
 
 __all__ = [
     "DEFAULT_PARALLEL",
+    "FIT_FACTOR",
     "LLAMA_CPP_COMMIT",
+    "MAX_SPLIT_RTT_MS",
     "Backend",
     "BackendBinaries",
     "ChildProcess",
     "LaunchSpec",
+    "Member",
     "PidRegistry",
+    "Plan",
+    "PlanKind",
     "RestartPolicy",
     "ServerFeatures",
     "ServerState",
@@ -42,11 +57,14 @@ __all__ = [
     "choose_ctx_size",
     "detect_backend",
     "ensure_backend",
+    "fits_solo",
     "free_port",
     "llama_server_argv",
     "locate_backend",
+    "plan_model",
     "probe_devices",
     "probe_health",
     "reap_recorded_children",
     "stop_pid",
+    "tensor_split",
 ]
