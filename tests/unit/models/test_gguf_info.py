@@ -56,6 +56,12 @@ def test_optional_keys_absent(tmp_path: Path) -> None:
     info = read_gguf_info(path)
     assert info.name is None
     assert not info.has_chat_template
+    assert info.pooling_type is None
+
+
+def test_pooling_type_of_an_embedding_model(tmp_path: Path) -> None:
+    info = read_gguf_info(write_gguf(tmp_path / "e.gguf", arch="bert", pooling_type=2))
+    assert (info.architecture, info.pooling_type) == ("bert", 2)
 
 
 @pytest.mark.parametrize(
