@@ -21,6 +21,7 @@ class NodeConfig:
     device: str | None = None
     backend: str | None = None
     parallel: int = 8
+    split: bool = False
     client: bool = False
     join: tuple[str, ...] = ()
     relays: tuple[str, ...] = ()

@@ -11,30 +11,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import re
 import signal
 import subprocess
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mesh_llm import __version__
 from mesh_llm.api import ChangeHub, ManagementServer
 from mesh_llm.errors import ConfigError, MeshLlmError, TransportError
 from mesh_llm.inference import (
+    FIT_FACTOR,
     Backend,
     BackendBinaries,
     LaunchSpec,
+    Member,
     PidRegistry,
+    Plan,
+    PlanKind,
     ServerFeatures,
-    ServerState,
-    ServerSupervisor,
     choose_ctx_size,
     ensure_backend,
+    fits_solo,
     llama_server_argv,
+    plan_model,
     reap_recorded_children,
 )
 from mesh_llm.models import GgufInfo, ResolvedModel, identity_hash, read_gguf_info, resolve_model
@@ -49,26 +53,14 @@ from mesh_llm.protocol import NodeRole, PeerAnnouncement
 from mesh_llm.protocol import ServedModel as WireServedModel
 from mesh_llm.runtime.config import NodeConfig
 from mesh_llm.runtime.mesh_link import MeshLink
+from mesh_llm.runtime.runners import ModelRunner, SoloRunner, SplitRunner
 from mesh_llm.system import GB, HardwareSurvey, capacity_bytes, state_dir, survey_hardware
 
-__all__ = ["Node", "ServedModel"]
+__all__ = ["Node"]
 
 log = logging.getLogger(__name__)
 
-FIT_FACTOR = 1.1
 SEEN_MODEL_TTL_S = 1800.0  # a model served within this window and gone now gets 503, not fallback
-
-
-@dataclass(slots=True)
-class ServedModel:
-    """A model this node serves locally and the supervisor running its llama-server."""
-
-    name: str
-    resolved: ResolvedModel
-    info: GgufInfo
-    ctx_size: int
-    supervisor: ServerSupervisor
-    task: asyncio.Task[None] | None = None
 
 
 def _safe_name(name: str) -> str:
@@ -97,13 +89,13 @@ class Node:
         self.survey: HardwareSurvey | None = None
         self.capacity = 0
         self.binaries: BackendBinaries | None = None
-        self.models: list[ServedModel] = []
+        self.models: list[ModelRunner] = []
         self.ingress: Ingress | None = None
         self.tunnel_ingress: Ingress | None = None
         self.console: ManagementServer | None = None
         self.mesh: MeshLink | None = None
-        self._identity: dict[str, str] = {}
         self._seen_models: dict[str, float] = {}
+        self._api_port = config.port
         self.started_at = time.time()
         self._stop = asyncio.Event()
 
@@ -143,13 +135,13 @@ class Node:
         """Only this node's own llama-servers: what requests arriving through a tunnel may use."""
         targets: dict[str, list[Target]] = {}
         for model in self.models:
-            sup = model.supervisor
-            if sup.state is ServerState.READY and sup.port is not None:
+            port = model.port
+            if model.ready and port is not None:
                 targets.setdefault(model.name, []).append(
                     Target(
                         model=model.name,
-                        key=f"local:{sup.port}",
-                        local_port=sup.port,
+                        key=f"local:{port}",
+                        local_port=port,
                         peer_id=None,
                         context_length=model.ctx_size,
                     )
@@ -185,20 +177,20 @@ class Node:
     def _changed(self) -> None:
         """Local state changed: refresh the event stream and re-announce ourselves."""
         self.hub.changed()
-        if self.mesh is not None and self.mesh.transport is not None:
+        if self.mesh is not None and self.mesh.transport is not None and not self._stop.is_set():
             self.mesh.announce(self.self_announcement())
 
     def self_announcement(self) -> PeerAnnouncement:
         assert self.mesh is not None
         assert self.mesh.transport is not None
-        ready = [m for m in self.models if m.supervisor.state is ServerState.READY]
+        ready = [m for m in self.models if m.ready]
         if self.config.client:
             role = NodeRole.CLIENT
         elif ready:
             role = NodeRole.HOST
         else:
             role = NodeRole.WORKER
-        api_port = self.ingress.port if self.ingress else self.config.port
+        api_port = self._api_port
         return PeerAnnouncement(
             endpoint_id=self.mesh.transport.node_id_bytes,
             role=role,
@@ -211,23 +203,61 @@ class Node:
             catalog_models=tuple(self.config.models),
             primary_serving=self.models[0].name if self.models else None,
             served_models=tuple(
-                WireServedModel(
-                    m.name,
-                    self._identity.get(m.name),
-                    m.ctx_size,
-                    m.supervisor.state is ServerState.READY,
-                )
-                for m in self.models
+                WireServedModel(m.name, m.identity, m.ctx_size, m.ready) for m in self.models
             ),
             vram_bytes=self.capacity,
             is_soc=self.survey.is_soc if self.survey else None,
+            llama_build=self.binaries.build_id if self.binaries else None,
+            rpc_ready=self._rpc_port() is not None,
         )
+
+    # ---------------------------------------------------------------------------------- split
+
+    def _on_mesh_change(self) -> None:
+        self.hub.changed()
+        for model in self.models:
+            if isinstance(model, SplitRunner):
+                model.poke()
+
+    def _split_plan(self, model: str, size: int) -> Plan:
+        """Election and worker selection for ``model`` over the current mesh view."""
+        mesh = self.mesh
+        own = mesh.transport.node_id_bytes if mesh and mesh.transport else b"\0" * 32
+        build = self.binaries.build_id if self.binaries else None
+        me = Member(own, self.capacity, None, build, self._rpc_port() is not None)
+        peers: list[Member] = []
+        if mesh is not None and mesh.membership is not None and mesh.service is not None:
+            rtts = {v.peer_id: v.rtt_ms for v in mesh.membership.peers_view(time.monotonic())}
+            for peer in mesh.membership.peer_ids():
+                ann = mesh.membership.announcement(peer)
+                if ann is None or ann.role is NodeRole.CLIENT or model not in ann.serving_models:
+                    continue
+                if not (mesh.membership.is_admitted(peer) and mesh.service.is_connected(peer)):
+                    continue
+                rtt = rtts.get(peer)
+                peers.append(
+                    Member(peer, ann.vram_bytes, float(rtt) if rtt is not None else None,
+                           ann.llama_build, ann.rpc_ready)
+                )  # fmt: skip
+        return plan_model(me, peers, size, force_split=self.config.split)
+
+    def _rpc_port(self) -> int | None:
+        return None
+
+    async def _rpc_endpoint(self, peer: bytes) -> str:
+        raise TransportError(f"no RPC tunnel to {peer[:5].hex()}")
+
+    def _rpc_status(self) -> dict[str, object] | None:
+        return None
 
     def node_status(self) -> str:
         if self.config.client:
             return "Client"
-        if any(m.supervisor.state is ServerState.READY for m in self.models):
-            return "Serving"
+        split = [m for m in self.models if isinstance(m, SplitRunner) and m.plan is not None]
+        if any(m.ready for m in self.models):
+            return "Serving (split)" if any(m.ready for m in split) else "Serving"
+        if any(m.plan is not None and m.plan.kind is PlanKind.WORKER for m in split):
+            return "Worker (split)"
         if self.models:
             return "Starting"
         return "Standby" if self.mesh is not None and self.mesh.bootstrap else "Idle"
@@ -235,7 +265,7 @@ class Node:
     def status(self) -> dict[str, object]:
         survey = self.survey
         primary = self.models[0] if self.models else None
-        ready = [m.name for m in self.models if m.supervisor.state is ServerState.READY]
+        ready = [m.name for m in self.models if m.ready]
         binaries = self.binaries
         return {
             "version": __version__,
@@ -253,7 +283,7 @@ class Node:
             "requested_models": list(self.config.models),
             "serving_models": [m.name for m in self.models],
             "hosted_models": ready,
-            "api_port": self.ingress.port if self.ingress else self.config.port,
+            "api_port": self._api_port,
             "console_port": self.console.port if self.console else self.config.console_port,
             "my_vram_gb": round(self.capacity / GB, 2),
             "model_size_gb": round(primary.info.file_size / GB, 3) if primary else 0.0,
@@ -274,26 +304,9 @@ class Node:
             }
             if binaries
             else None,
-            "local_models": [self._model_status(m) for m in self.models],
+            "local_models": [m.status() for m in self.models],
+            "rpc_server": self._rpc_status(),
             "uptime_secs": int(time.time() - self.started_at),
-        }
-
-    def _model_status(self, model: ServedModel) -> dict[str, object]:
-        sup = model.supervisor
-        return {
-            "name": model.name,
-            "path": str(model.resolved.path),
-            "status": sup.state.value,
-            "port": sup.port,
-            "pid": sup.pid,
-            "ctx_size": model.ctx_size,
-            "restarts": sup.restarts,
-            "error": sup.last_error if sup.state is not ServerState.READY else None,
-            "log": str(sup.log_path) if sup.log_path else None,
-            "architecture": model.info.architecture,
-            "layers": model.info.block_count,
-            "quantization": model.info.quantization,
-            "size_bytes": model.info.file_size,
         }
 
     def runtime_models(self) -> dict[str, object]:
@@ -303,11 +316,11 @@ class Node:
                     "name": m.name,
                     "backend": "llama",
                     "status": "ready"
-                    if m.supervisor.state is ServerState.READY
+                    if m.ready
                     else "starting"
-                    if m.supervisor.state in (ServerState.STARTING, ServerState.RESTARTING)
-                    else m.supervisor.state.value,
-                    "port": m.supervisor.port,
+                    if m.state in ("starting", "restarting")
+                    else m.state,
+                    "port": m.port,
                 }
                 for m in self.models
             ]
@@ -319,12 +332,12 @@ class Node:
                 {
                     "name": m.name,
                     "backend": "llama",
-                    "status": m.supervisor.state.value,
-                    "port": m.supervisor.port,
-                    "pid": m.supervisor.pid,
+                    "status": m.state,
+                    "port": m.port,
+                    "pid": m.pid,
                 }
                 for m in self.models
-                if m.supervisor.pid is not None
+                if m.pid is not None
             ]
         }
 
@@ -349,16 +362,18 @@ class Node:
         features = server_features(binaries.llama_server)
         gpu = bool(binaries.backend and binaries.backend.is_gpu)
         used = 0
-        for name, model, info in resolved:
-            need = int(info.file_size * FIT_FACTOR)
-            if used + need > self.capacity:
+        for index, (name, model, info) in enumerate(resolved):
+            # The first model may be split across the mesh; the others must fit (spec §1).
+            solo = fits_solo(self.capacity - used, info.file_size) and not (
+                index == 0 and self.config.split
+            )
+            if not solo and index > 0:
                 raise ConfigError(
-                    f"model {name} needs {need / GB:.2f} GB but this node offers "
-                    f"{(self.capacity - used) / GB:.2f} GB "
-                    "(raise --max-vram, or join a mesh to split it)"
+                    f"model {name} needs {info.file_size * FIT_FACTOR / GB:.2f} GB but this node "
+                    f"offers {(self.capacity - used) / GB:.2f} GB; only the first --model can be "
+                    "split across the mesh"
                 )
-            used += info.file_size
-            self._identity[name] = identity_hash(model.path)
+            used += info.file_size if solo else min(self.capacity, info.file_size)
             ctx = choose_ctx_size(
                 self.capacity,
                 used,
@@ -368,25 +383,53 @@ class Node:
             log_path = self.state_dir / "logs" / f"llama-server-{_safe_name(name)}.log"
 
             def make_spec(
-                port: int, model: ResolvedModel = model, ctx: int = ctx, log_path: Path = log_path
+                port: int,
+                rpc: Sequence[str],
+                split: str | None,
+                model: ResolvedModel = model,
+                ctx: int = ctx,
+                log_path: Path = log_path,
             ) -> LaunchSpec:
                 argv = llama_server_argv(
                     binaries.llama_server,
                     model.path,
                     port=port,
                     ctx_size=ctx,
-                    gpu=gpu,
+                    gpu=gpu or bool(rpc),
                     features=features,
                     parallel=self.config.parallel,
+                    rpc=rpc,
+                    tensor_split=split,
                     alias=model.name,
                     extra=self.config.extra_llama_args,
                 )
                 return LaunchSpec(model.name, tuple(argv), port, log_path)
 
-            supervisor = ServerSupervisor(
-                name, make_spec, registry=self.registry, on_change=self._changed
-            )
-            self.models.append(ServedModel(name, model, info, ctx, supervisor))
+            runner: ModelRunner
+            if solo:
+                runner = SoloRunner(
+                    name,
+                    model,
+                    info,
+                    ctx,
+                    make_spec,
+                    registry=self.registry,
+                    on_change=self._changed,
+                )
+            else:
+                runner = SplitRunner(
+                    name,
+                    model,
+                    info,
+                    ctx,
+                    make_spec,
+                    registry=self.registry,
+                    on_change=self._changed,
+                    plan=functools.partial(self._split_plan, name, info.file_size),
+                    rpc_endpoint=self._rpc_endpoint,
+                )
+            runner.identity = identity_hash(model.path)
+            self.models.append(runner)
 
     async def run(self) -> int:
         """Run until SIGINT/SIGTERM; returns the process exit code."""
@@ -442,7 +485,7 @@ class Node:
             self.config,
             self.state_dir,
             tunnel_port=self._tunnel_port,
-            on_change=self.hub.changed,
+            on_change=self._on_mesh_change,
         )
         self.console = ManagementServer(
             host=self.config.bind_host,
@@ -453,6 +496,7 @@ class Node:
             hub=self.hub,
         )
         await self.ingress.start()
+        self._api_port = self.ingress.port
         try:
             await self.console.start()
             await self.tunnel_ingress.start()
@@ -475,7 +519,7 @@ class Node:
                 mesh_task = group.create_task(self.mesh.run())
                 self._changed()
                 for model in self.models:
-                    model.task = group.create_task(model.supervisor.run())
+                    group.create_task(model.run())
                 group.create_task(self._announce_ready())
                 await self._stop.wait()
                 self._out("mesh-llm: shutting down")
@@ -486,18 +530,17 @@ class Node:
         return 0
 
     async def _announce_ready(self) -> None:
-        for model in self.models:
-            ready = asyncio.ensure_future(model.supervisor.wait_ready())
-            assert model.task is not None
-            done, _ = await asyncio.wait({ready, model.task}, return_when=asyncio.FIRST_COMPLETED)
-            if ready in done:
-                self._out(
-                    f"mesh-llm: {model.name} ready "
-                    f"(llama-server on 127.0.0.1:{model.supervisor.port})"
-                )
-            else:
-                ready.cancel()
-                self._out(f"mesh-llm: {model.name} failed: {model.supervisor.last_error}")
+        """Print one line when each model becomes ready, or fails to."""
+        pending = {m.name: m for m in self.models}
+        while pending:
+            await self.hub.wait_after(self.hub.version, 1.0)
+            for name, model in list(pending.items()):
+                if model.ready:
+                    self._out(f"mesh-llm: {name} ready (llama-server on 127.0.0.1:{model.port})")
+                    del pending[name]
+                elif model.state == "failed":
+                    self._out(f"mesh-llm: {name} failed: {model.last_error}")
+                    del pending[name]
 
     def _print_summary(self) -> None:
         assert self.ingress is not None
@@ -536,10 +579,7 @@ class Node:
             await self.tunnel_ingress.close()
         if self.mesh is not None:
             await self.mesh.leave_and_close()
-        await asyncio.gather(*(m.supervisor.stop() for m in self.models))
-        for model in self.models:
-            if model.task is not None:
-                model.task.cancel()
+        await asyncio.gather(*(m.stop() for m in self.models))
 
     async def _close_servers(self) -> None:
         for ingress in (self.ingress, self.tunnel_ingress):
@@ -552,4 +592,4 @@ class Node:
         if self.console is not None:
             with contextlib.suppress(MeshLlmError):
                 await self.console.close()
-        await asyncio.gather(*(m.supervisor.stop() for m in self.models))
+        await asyncio.gather(*(m.stop() for m in self.models))

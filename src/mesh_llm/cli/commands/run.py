@@ -45,6 +45,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                       help="join a mesh by invite token (repeatable; tried in order)")  # fmt: skip
     mesh.add_argument("--client", action="store_true",
                       help="run no models; route every request to the mesh")  # fmt: skip
+    mesh.add_argument("--split", action="store_true",
+                      help="split the first model across mesh workers even if it fits")  # fmt: skip
     mesh.add_argument("--mesh-name", metavar="NAME",
                       help="name of the mesh this node starts (stable mesh id)")  # fmt: skip
     mesh.add_argument("--relay", action="append", default=[], metavar="URL",
@@ -90,6 +92,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         backend=args.backend,
         parallel=args.parallel,
         client=args.client,
+        split=args.split,
         join=tuple(args.join),
         relays=tuple(args.relay),
         no_relay=args.no_relay,
