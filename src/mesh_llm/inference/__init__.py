@@ -13,9 +13,13 @@ from mesh_llm.inference.backend import (
 from mesh_llm.inference.children import ChildProcess, PidRegistry, reap_recorded_children, stop_pid
 from mesh_llm.inference.launch import (
     DEFAULT_PARALLEL,
+    EMBEDDING_BATCH,
+    EMBEDDING_CTX,
+    EMBEDDING_PARALLEL,
     LaunchSpec,
     ServerFeatures,
     choose_ctx_size,
+    is_embedding_model,
     llama_server_argv,
 )
 from mesh_llm.inference.placement import (
@@ -38,6 +42,9 @@ from mesh_llm.inference.supervisor import (
 
 __all__ = [
     "DEFAULT_PARALLEL",
+    "EMBEDDING_BATCH",
+    "EMBEDDING_CTX",
+    "EMBEDDING_PARALLEL",
     "FIT_FACTOR",
     "LLAMA_CPP_COMMIT",
     "MAX_SPLIT_RTT_MS",
@@ -59,6 +66,7 @@ __all__ = [
     "ensure_backend",
     "fits_solo",
     "free_port",
+    "is_embedding_model",
     "llama_server_argv",
     "locate_backend",
     "plan_model",

@@ -11,9 +11,14 @@ from pathlib import Path
 
 __all__ = [
     "DEFAULT_PARALLEL",
+    "EMBEDDING_BATCH",
+    "EMBEDDING_CTX",
+    "EMBEDDING_PARALLEL",
+    "ENCODER_ARCHITECTURES",
     "LaunchSpec",
     "ServerFeatures",
     "choose_ctx_size",
+    "is_embedding_model",
     "llama_server_argv",
 ]
 
@@ -29,6 +34,37 @@ CTX_TABLE: tuple[tuple[int, int], ...] = (
 CTX_FLOOR = 4096
 MIN_CTX = 512
 DEFAULT_PARALLEL = 8
+
+ENCODER_ARCHITECTURES = frozenset(
+    {
+        "bert",
+        "modern-bert",
+        "nomic-bert",
+        "nomic-bert-moe",
+        "neo-bert",
+        "jina-bert-v2",
+        "jina-bert-v3",
+        "eurobert",
+        "gemma-embedding",
+        "t5encoder",
+    }
+)
+"""GGUF architectures that only make embeddings (llama.cpp ``llama-arch.cpp`` names)."""
+EMBEDDING_BATCH = 2048
+"""Physical batch of an embedding llama-server: the longest input it embeds, in tokens. With
+``--embeddings`` llama-server needs a whole input in one micro-batch and would otherwise cap it
+at 512."""
+EMBEDDING_CTX = 4096
+EMBEDDING_PARALLEL = 2
+"""Context and slots of the embedding sidecar of a chat model (``--embeddings`` run flag)."""
+
+
+def is_embedding_model(
+    architecture: str, pooling_type: int | None, *, catalog_embedding: bool = False
+) -> bool:
+    """A dedicated embedding model: the catalog says so, the GGUF names a pooling type, or the
+    architecture is an encoder. Such a model is served with ``--embeddings``."""
+    return catalog_embedding or pooling_type is not None or architecture in ENCODER_ARCHITECTURES
 
 
 def choose_ctx_size(
@@ -101,6 +137,8 @@ def llama_server_argv(
     tensor_split: str | None = None,
     chat_template_file: Path | None = None,
     embeddings: bool = False,
+    pooling: str | None = None,
+    batch_size: int | None = None,
     alias: str | None = None,
     extra: Sequence[str] = (),
 ) -> list[str]:
@@ -108,7 +146,9 @@ def llama_server_argv(
 
     Bound to 127.0.0.1 only (remote access goes through the mesh). ``-ngl 99`` only with a GPU
     backend. ``--parallel`` slots with a unified KV cache, so concurrent streams share the context
-    instead of each getting ``ctx/parallel``.
+    instead of each getting ``ctx/parallel``. ``batch_size`` sets both the logical and the
+    physical batch (embedding servers need an input in one micro-batch); ``pooling`` overrides
+    the model's pooling type (``mean`` makes a chat model answer ``/v1/embeddings``).
     """
     argv = [
         str(binary),
@@ -136,6 +176,10 @@ def llama_server_argv(
         argv += ["--chat-template-file", str(chat_template_file)]
     if embeddings:
         argv.append("--embeddings")
+    if pooling is not None:
+        argv += ["--pooling", pooling]
+    if batch_size is not None:
+        argv += ["-b", str(batch_size), "-ub", str(batch_size)]
     if alias:
         argv += ["--alias", alias]
     if features.no_webui:

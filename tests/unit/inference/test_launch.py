@@ -2,7 +2,12 @@ from pathlib import Path
 
 import pytest
 
-from mesh_llm.inference import ServerFeatures, choose_ctx_size, llama_server_argv
+from mesh_llm.inference import (
+    ServerFeatures,
+    choose_ctx_size,
+    is_embedding_model,
+    llama_server_argv,
+)
 
 GB = 1_000_000_000
 
@@ -64,3 +69,41 @@ def test_features_from_help() -> None:
     assert f.jinja
     assert f.no_webui
     assert not ServerFeatures.from_help("nothing").kv_unified
+
+
+def test_argv_chat_template_and_no_embeddings_by_default() -> None:
+    argv = llama_server_argv(
+        Path("/b/llama-server"), Path("/m.gguf"), port=1, ctx_size=4096, gpu=False,
+        features=ServerFeatures(jinja=True), chat_template_file=Path("/t/tools.jinja"),
+    )  # fmt: skip
+    assert argv[argv.index("--chat-template-file") + 1] == "/t/tools.jinja"
+    assert "--jinja" in argv
+    for flag in ("--embeddings", "--pooling", "-ub", "-b"):
+        assert flag not in argv
+
+
+def test_argv_embedding_sidecar() -> None:
+    argv = llama_server_argv(
+        Path("/b/llama-server"), Path("/m.gguf"), port=1, ctx_size=4096, gpu=False,
+        features=ServerFeatures(), embeddings=True, pooling="mean", batch_size=2048,
+    )  # fmt: skip
+    assert "--embeddings" in argv
+    assert argv[argv.index("--pooling") + 1] == "mean"
+    assert argv[argv.index("-b") + 1] == "2048"
+    assert argv[argv.index("-ub") + 1] == "2048"
+
+
+@pytest.mark.parametrize(
+    ("arch", "pooling", "catalog", "expected"),
+    [
+        ("llama", None, False, False),
+        ("qwen3", None, False, False),
+        ("llama", None, True, True),
+        ("qwen3", 3, False, True),
+        ("bert", None, False, True),
+        ("nomic-bert", None, False, True),
+        ("jina-bert-v2", None, False, True),
+    ],
+)
+def test_is_embedding_model(arch: str, pooling: int | None, catalog: bool, expected: bool) -> None:
+    assert is_embedding_model(arch, pooling, catalog_embedding=catalog) is expected
