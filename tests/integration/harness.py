@@ -64,6 +64,7 @@ class MeshNode:
     api_port: int = field(default_factory=free_port)
     console_port: int = field(default_factory=free_port)
     env: dict[str, str] = field(default_factory=dict)
+    prefix: list[str] = field(default_factory=list)  # e.g. ["ip", "netns", "exec", NS]
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -82,7 +83,7 @@ class MeshNode:
         self.home.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "MESH_LLM_HOME": str(self.home), **self.env}
         argv = [
-            sys.executable, "-m", "mesh_llm",
+            *self.prefix, sys.executable, "-m", "mesh_llm",
             "--port", str(self.api_port), "--console", str(self.console_port),
             *self.args,
         ]  # fmt: skip

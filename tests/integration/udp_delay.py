@@ -1,0 +1,109 @@
+"""A user-space UDP relay that adds latency (these machines have no netem).
+
+``UdpDelayRelay(target, delay_s)`` listens on 127.0.0.1; every datagram from a client goes to
+``target`` after ``delay_s``, and every reply goes back to that client after ``delay_s``: each round
+trip through the relay gains ``2 * delay_s``. Runs its own event loop in a thread so synchronous tests
+can use it; stops by itself on ``close()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import cast
+
+
+class _Upstream(asyncio.DatagramProtocol):
+    """One socket per client towards the target, so replies find their way back."""
+
+    def __init__(self, relay: UdpDelayRelay, client: tuple[str, int]) -> None:
+        self.relay = relay
+        self.client = client
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.relay.later(lambda: self.relay.send_to_client(data, self.client))
+
+
+class _Listener(asyncio.DatagramProtocol):
+    def __init__(self, relay: UdpDelayRelay) -> None:
+        self.relay = relay
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.relay.from_client(data, addr)
+
+
+class UdpDelayRelay:
+    def __init__(self, target: tuple[str, int], delay_s: float) -> None:
+        self.target = target
+        self.delay_s = delay_s
+        self._loop = asyncio.new_event_loop()
+        self._upstreams: dict[tuple[str, int], _Upstream] = {}
+        self._pending: dict[tuple[str, int], list[bytes]] = {}
+        self._listener: asyncio.DatagramTransport | None = None
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        assert self._listener is not None
+        self.port = int(self._listener.get_extra_info("sockname")[1])
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self._loop)
+
+        async def start() -> None:
+            transport, _ = await self._loop.create_datagram_endpoint(
+                lambda: _Listener(self), local_addr=("127.0.0.1", 0)
+            )
+            self._listener = transport
+            ready.set()
+
+        self._loop.run_until_complete(start())
+        self._loop.run_forever()
+        for up in self._upstreams.values():
+            if up.transport is not None:
+                up.transport.close()
+        if self._listener is not None:
+            self._listener.close()
+        self._loop.run_until_complete(asyncio.sleep(0))
+        self._loop.close()
+
+    def later(self, action: object) -> None:
+        assert callable(action)
+        self._loop.call_later(self.delay_s, action)
+
+    def send_to_client(self, data: bytes, client: tuple[str, int]) -> None:
+        if self._listener is not None:
+            self._listener.sendto(data, client)
+
+    def from_client(self, data: bytes, client: tuple[str, int]) -> None:
+        upstream = self._upstreams.get(client)
+        if upstream is None:
+            upstream = self._upstreams[client] = _Upstream(self, client)
+            self._pending[client] = [data]
+
+            async def connect() -> None:
+                await self._loop.create_datagram_endpoint(
+                    lambda: upstream, remote_addr=self.target
+                )
+                for queued in self._pending.pop(client, []):
+                    self.later(lambda d=queued: self._send_upstream(upstream, d))
+
+            self._loop.create_task(connect())
+            return
+        if client in self._pending:
+            self._pending[client].append(data)
+            return
+        self.later(lambda: self._send_upstream(upstream, data))
+
+    @staticmethod
+    def _send_upstream(upstream: _Upstream, data: bytes) -> None:
+        if upstream.transport is not None:
+            upstream.transport.sendto(data)
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
