@@ -4,10 +4,13 @@ from mesh_llm.network.ingress import (
     Ingress,
     UpstreamStream,
     connect_local,
+    render_api_error,
     render_openai_error,
 )
 from mesh_llm.network.iroh_patch import apply as apply_iroh_patch
 from mesh_llm.network.routing import (
+    EMBEDDING_PATHS,
+    JSON_API_PATHS,
     RoutingFields,
     RoutingSnapshot,
     Target,
@@ -16,7 +19,11 @@ from mesh_llm.network.routing import (
     is_context_overflow_400,
     order_by_context_fit,
     required_context,
+    snapshot_for_path,
 )
+from mesh_llm.network.rpc_splice import HostWeights, RpcTunnelStats, TensorLocation
+from mesh_llm.network.rpc_store import DEFAULT_STORE_CAP_BYTES, RpcStore
+from mesh_llm.network.rpc_tunnel import RpcStream, RpcTunnelHost, WorkerSources, serve_rpc_tunnel
 from mesh_llm.network.transport import (
     DEFAULT_RELAY_URLS,
     BiStream,
@@ -27,6 +34,8 @@ from mesh_llm.network.transport import (
 )
 
 __all__: list[str] = [
+    "EMBEDDING_PATHS",
+    "JSON_API_PATHS",
     "Ingress",
     "RoutingFields",
     "RoutingSnapshot",
@@ -37,8 +46,10 @@ __all__: list[str] = [
     "extract_routing_fields",
     "is_context_overflow_400",
     "order_by_context_fit",
+    "render_api_error",
     "render_openai_error",
     "required_context",
+    "snapshot_for_path",
 ]
 __all__ += [
     "DEFAULT_RELAY_URLS",
@@ -48,4 +59,15 @@ __all__ += [
     "apply_iroh_patch",
     "generate_key",
     "load_or_create_key",
+]
+__all__ += [
+    "DEFAULT_STORE_CAP_BYTES",
+    "HostWeights",
+    "RpcStore",
+    "RpcStream",
+    "RpcTunnelHost",
+    "RpcTunnelStats",
+    "TensorLocation",
+    "WorkerSources",
+    "serve_rpc_tunnel",
 ]

@@ -22,12 +22,15 @@ from typing import Protocol
 
 from mesh_llm.errors import HttpProtocolError, MeshLlmError, PortInUseError, TransportError
 from mesh_llm.network.routing import (
+    JSON_API_PATHS,
     RoutingSnapshot,
     Target,
     choose_candidates,
     extract_routing_fields,
     is_context_overflow_400,
+    snapshot_for_path,
 )
+from mesh_llm.network.stream_end import ChunkedTracker, stream_error_tail
 from mesh_llm.protocol.http1 import (
     CONTINUE_RESPONSE,
     DEFAULT_MAX_BODY,
@@ -107,6 +110,16 @@ async def connect_local(target: Target) -> UpstreamStream:
 def render_openai_error(status: int, message: str, type: str, code: str) -> bytes:
     """A complete HTTP response carrying an OpenAI-shaped error object."""
     body = json.dumps({"error": {"message": message, "type": type, "code": code}}).encode()
+    return render_response(status, [_JSON, _CORS_ORIGIN], body)
+
+
+def render_api_error(path: str, status: int, message: str, type: str, code: str) -> bytes:
+    """An error response in the dialect of the API at ``path``: Anthropic's error object for
+    the Messages API, OpenAI's everywhere else."""
+    if not path.startswith("/v1/messages"):
+        return render_openai_error(status, message, type, code)
+    kind = "api_error" if type == "server_error" else type
+    body = json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
     return render_response(status, [_JSON, _CORS_ORIGIN], body)
 
 
@@ -327,11 +340,26 @@ class Ingress:
 
     async def _proxy(self, conn: _Connection, request: Request) -> None:
         fields = extract_routing_fields(request.body)
+        if (
+            fields.body_error is not None
+            and request.method == "POST"
+            and request.path in JSON_API_PATHS
+        ):
+            # llama-server answers 500 to a body it cannot parse; SDKs would retry that.
+            error = render_api_error(
+                request.path, 400, fields.body_error, "invalid_request_error", "invalid_json"
+            )
+            with contextlib.suppress(ConnectionError):
+                await conn.send(error)
+            return
         model = fields.model
         if model and model != "auto" and self._on_demand is not None:
             self._on_demand(model)
         answering, candidates = choose_candidates(
-            self._snapshot(), model, len(request.body), fields.max_tokens
+            snapshot_for_path(self._snapshot(), request.path),
+            model,
+            len(request.body),
+            fields.max_tokens,
         )
         forward = serialize_forward(request)
         for index, target in enumerate(candidates):
@@ -340,7 +368,7 @@ class Ingress:
                 continue
             upstream, first = attempt
             try:
-                await self._relay(conn, upstream, first, target.model)
+                await self._relay(conn, upstream, first, target.model, request.path)
             finally:
                 await _close_upstream(upstream)
             return
@@ -351,7 +379,9 @@ class Ingress:
             else "No inference server available"
         )
         with contextlib.suppress(ConnectionError):
-            await conn.send(render_openai_error(503, message, "server_error", "no_backend"))
+            await conn.send(
+                render_api_error(request.path, 503, message, "server_error", "no_backend")
+            )
 
     async def _attempt(
         self, target: Target, forward: bytes, *, may_retry: bool
@@ -377,7 +407,7 @@ class Ingress:
         return None
 
     async def _relay(
-        self, conn: _Connection, upstream: UpstreamStream, first: bytes, model: str
+        self, conn: _Connection, upstream: UpstreamStream, first: bytes, model: str, path: str
     ) -> None:
         cut = first.index(b"\r\n") + 2
         head_end = first.find(b"\r\n\r\n")
@@ -387,15 +417,47 @@ class Ingress:
         else:
             label = model.replace("\r", "").replace("\n", "")
             extra = f"{MODEL_HEADER}: {label}\r\n".encode()
+        tracker = _event_stream_tracker(first)
         try:
             await conn.send(first[:cut] + extra + first[cut:])
             while chunk := await upstream.read(READ_SIZE):
+                if tracker is not None:
+                    tracker.feed(chunk)
                 conn.writer.write(chunk)
                 await conn.writer.drain()
         except ConnectionError:
             logger.debug("client went away during the response")
+            return
         except (OSError, MeshLlmError) as exc:
             logger.warning("upstream failed mid-response: %s", exc)
+        if tracker is not None and not tracker.done:
+            logger.warning("the llama-server for %s ended its event stream early", model)
+            if tracker.at_boundary:
+                message = (
+                    f"the inference server for '{model}' stopped in the middle of the response;"
+                    " the request can be retried"
+                )
+                with contextlib.suppress(ConnectionError):
+                    await conn.send(stream_error_tail(path, message))
+
+
+def _event_stream_tracker(first: bytes) -> ChunkedTracker | None:
+    """A tracker for a chunked ``text/event-stream`` response (fed the body bytes already in
+    ``first``), else None: only event streams get an error event when the upstream dies."""
+    try:
+        head = parse_response_head(first)
+    except MeshLlmError:
+        return None
+    if head is None or head.content_length is not None:
+        return None
+    values = {name.lower(): value.lower() for name, value in head.headers}
+    if "chunked" not in values.get("transfer-encoding", "") or not values.get(
+        "content-type", ""
+    ).startswith("text/event-stream"):
+        return None
+    tracker = ChunkedTracker()
+    tracker.feed(first[head.head_length :])
+    return tracker
 
 
 async def _read_decision(upstream: UpstreamStream, *, check_overflow: bool) -> bytes:

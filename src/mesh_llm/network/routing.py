@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 BYTES_PER_TOKEN = 4
 """Rough request-size-to-tokens ratio used for the context-fit estimate."""
@@ -29,6 +29,21 @@ _LIMIT_WORDS = (
     "limit",
     "maximum",
 )
+EMBEDDING_PATHS = frozenset({"/v1/embeddings", "/embeddings"})
+JSON_API_PATHS = frozenset(
+    {
+        "/v1/chat/completions",
+        "/chat/completions",
+        "/v1/completions",
+        "/completions",
+        "/v1/responses",
+        "/responses",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+        *EMBEDDING_PATHS,
+    }
+)
+"""POST paths of the OpenAI and Anthropic APIs: their bodies must be JSON objects."""
 _JSON_OBJECT_START = re.compile(rb"[ \t\r\n]*\{")
 
 
@@ -61,6 +76,10 @@ class RoutingSnapshot:
     """Models the mesh served recently but nobody serves now: a request naming one gets 503
     instead of the unknown-model fallback (asking for a model that just went away must not
     silently answer with another one)."""
+    embedding_targets: Mapping[str, Sequence[Target]] = field(default_factory=dict)
+    """Model name -> llama-servers started with ``--embeddings``, for the embedding paths. A chat
+    model's own targets do not answer ``/v1/embeddings`` (llama-server says 501) unless the node
+    runs an embedding sidecar for it; when this is empty, embedding requests use ``targets``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,26 +89,42 @@ class RoutingFields:
     model: str | None
     max_tokens: int | None
     session_hint: str | None
+    body_error: str | None = None
+    """Why the body is not a JSON object (None when it is)."""
 
 
 def extract_routing_fields(body: bytes) -> RoutingFields:
     """Read ``model``, the first max-tokens field and the session hint (``user``, else
     ``session_id``) from a JSON object body. Anything that is not a JSON object yields
-    empty fields; this never raises."""
+    empty fields and a ``body_error``; this never raises."""
     if not _JSON_OBJECT_START.match(body):
-        return RoutingFields(None, None, None)
+        return RoutingFields(None, None, None, _not_an_object(body))
     try:
         parsed: object = json.loads(body)
-    except (ValueError, RecursionError):
-        return RoutingFields(None, None, None)
+    except RecursionError:
+        return RoutingFields(None, None, None, "the request body is nested too deeply")
+    except ValueError as exc:
+        return RoutingFields(None, None, None, f"the request body is not valid JSON: {exc}")
     if not isinstance(parsed, dict):
-        return RoutingFields(None, None, None)
+        return RoutingFields(None, None, None, "the request body must be a JSON object")
     model = parsed.get("model")
     return RoutingFields(
         model=model if isinstance(model, str) else None,
         max_tokens=_first_max_tokens(parsed),
         session_hint=_first_string(parsed, "user", "session_id"),
     )
+
+
+def _not_an_object(body: bytes) -> str:
+    if not body.strip():
+        return "the request body is empty; expected a JSON object"
+    if len(body) > OVERFLOW_SCAN_BYTES:
+        return "the request body is not a JSON object"
+    try:
+        json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        return f"the request body is not valid JSON: {exc}"
+    return "the request body must be a JSON object"
 
 
 def _first_max_tokens(obj: dict[str, object]) -> int | None:
@@ -120,6 +155,14 @@ def order_by_context_fit(candidates: Sequence[Target], required: int) -> list[Ta
     unknown = [t for t in candidates if t.context_length is None]
     ordered = fits + unknown
     return ordered if ordered else list(candidates)
+
+
+def snapshot_for_path(snapshot: RoutingSnapshot, path: str) -> RoutingSnapshot:
+    """The snapshot that routes a request for ``path``: embedding paths use the embedding
+    targets when there are any, everything else the (chat) targets."""
+    if path in EMBEDDING_PATHS and snapshot.embedding_targets:
+        return replace(snapshot, targets=snapshot.embedding_targets)
+    return snapshot
 
 
 def choose_candidates(

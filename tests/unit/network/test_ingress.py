@@ -19,6 +19,7 @@ from mesh_llm.network.routing import RoutingSnapshot, Target
 from mesh_llm.protocol.http1 import CONTINUE_RESPONSE
 from tests.fakes.fake_upstream import (
     OVERFLOW_BODY,
+    SSE_HEAD,
     FakeUpstream,
     close_without_answer,
     echo,
@@ -414,10 +415,66 @@ async def test_unknown_model_falls_back_and_names_the_answering_model() -> None:
 
 async def test_non_json_body_is_routed_to_the_first_target() -> None:
     async with running(echo()) as up, serving({"real": [to("real", up)]}) as h:
-        request = b"POST /v1/embeddings HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"
+        request = b"POST /tokenize HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"
         status, headers, seen = parse(await exchange(h.port, request))
         assert (status, headers["x-mesh-llm-model"]) == (200, "real")
         assert seen.endswith(b"\r\n\r\nabc")
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/embeddings", "/v1/responses"])
+async def test_bad_json_to_an_api_path_is_400_without_reaching_upstream(path: str) -> None:
+    async with running(echo()) as up, serving({"real": [to("real", up)]}) as h:
+        body = b'{"model": "real", "messages": ['
+        request = b"POST %s HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (
+            path.encode(),
+            len(body),
+            body,
+        )
+        message = assert_openai_error(
+            await exchange(h.port, request), 400, "invalid_request_error", "invalid_json"
+        )
+        assert "not valid JSON" in message
+        assert up.requests == []
+
+
+async def test_bad_json_to_the_messages_api_gets_an_anthropic_error() -> None:
+    async with running(echo()) as up, serving({"real": [to("real", up)]}) as h:
+        request = b"POST /v1/messages HTTP/1.1\r\nContent-Length: 5\r\n\r\n[1,2]"
+        status, _, body = parse(await exchange(h.port, request))
+        assert status == 400
+        error = json.loads(body)
+        assert error["type"] == "error"
+        assert error["error"]["type"] == "invalid_request_error"
+        assert "JSON object" in error["error"]["message"]
+        assert up.requests == []
+
+
+async def test_embedding_requests_go_to_the_embedding_targets() -> None:
+    async with running(echo()) as chat_up, running(echo()) as emb_up:
+        snapshot = RoutingSnapshot(
+            {"m": [to("m", chat_up)]}, True, embedding_targets={"m": [to("m", emb_up)]}
+        )
+        ingress = Ingress(
+            host="127.0.0.1",
+            port=0,
+            snapshot=lambda: snapshot,
+            connect=connect_local,
+            models_listing=lambda: MODELS,
+        )
+        await ingress.start()
+        try:
+            body = b'{"model": "m", "input": "hi"}'
+            for path in ("/v1/embeddings", "/v1/chat/completions"):
+                request = b"POST %s HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (
+                    path.encode(),
+                    len(body),
+                    body,
+                )
+                assert parse(await exchange(ingress.port, request))[0] == 200
+        finally:
+            await ingress.close()
+        assert [r.split(b" ")[1] for r in emb_up.requests] == [b"/v1/embeddings"]
+        assert [r.split(b" ")[1] for r in chat_up.requests] == [b"/v1/chat/completions"]
 
 
 # -- client disconnects and robustness -------------------------------------------------------------
@@ -551,3 +608,61 @@ async def test_openai_client_streaming_chat() -> None:
             await client.close()
         assert "".join(p for p in pieces if p) == "Hello"
         assert json.loads(up.requests[0].partition(b"\r\n\r\n")[2])["stream"] is True
+
+
+def _sse_chunk(payload: bytes) -> bytes:
+    line = b"data: " + payload + b"\n\n"
+    return b"%x\r\n%s\r\n" % (len(line), line)
+
+
+async def test_openai_client_gets_a_typed_error_when_the_upstream_dies_mid_stream() -> None:
+    dying = raw(SSE_HEAD + _sse_chunk(_chunk("Hel")) + _sse_chunk(_chunk("lo")))
+    async with running(dying) as up, serving({"m": [to("m", up)]}) as h:
+        client = openai.AsyncOpenAI(
+            base_url=f"http://127.0.0.1:{h.port}/v1", api_key="unused", max_retries=0
+        )
+        pieces: list[str] = []
+
+        async def consume() -> None:
+            stream = await client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+            async with asyncio.timeout(DEADLINE):
+                async for c in stream:
+                    pieces.append(c.choices[0].delta.content or "")
+
+        try:
+            with pytest.raises(openai.APIError, match="stopped in the middle of the response"):
+                await consume()
+        finally:
+            await client.close()
+        assert "".join(pieces) == "Hello"
+
+
+async def test_messages_stream_cut_short_ends_with_an_anthropic_error_event() -> None:
+    dying = raw(SSE_HEAD + _sse_chunk(b'{"type": "message_start"}'))
+    async with running(dying) as up, serving({"m": [to("m", up)]}) as h:
+        body = b'{"model": "m", "stream": true, "max_tokens": 5, "messages": []}'
+        request = b"POST /v1/messages HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (
+            len(body),
+            body,
+        )
+        data = await exchange(h.port, request)
+        assert data.endswith(b"\r\n0\r\n\r\n")
+        assert b"event: error\ndata: " in data
+        assert b'"type": "api_error"' in data
+
+
+async def test_a_stream_cut_inside_a_chunk_is_just_closed() -> None:
+    cut = _sse_chunk(_chunk("Hel"))
+    async with running(raw(SSE_HEAD + cut[:-7])) as up, serving({"m": [to("m", up)]}) as h:
+        data = await exchange(h.port, chat(stream=True))
+        assert data.endswith(cut[:-7])
+
+
+async def test_a_complete_stream_gets_nothing_appended() -> None:
+    whole = SSE_HEAD + _sse_chunk(b"[DONE]") + b"0\r\n\r\n"
+    async with running(raw(whole)) as up, serving({"m": [to("m", up)]}) as h:
+        data = await exchange(h.port, chat(stream=True))
+        assert data.endswith(_sse_chunk(b"[DONE]") + b"0\r\n\r\n")
+        assert b"error" not in data

@@ -17,6 +17,7 @@ from mesh_llm.network.routing import (
     is_context_overflow_400,
     order_by_context_fit,
     required_context,
+    snapshot_for_path,
 )
 
 
@@ -162,7 +163,33 @@ def test_extract_first_max_tokens_field_and_session_id() -> None:
     ],
 )
 def test_non_json_or_odd_bodies_give_empty_fields(body: bytes) -> None:
-    assert extract_routing_fields(body) == RoutingFields(None, None, None)
+    fields = extract_routing_fields(body)
+    assert (fields.model, fields.max_tokens, fields.session_hint) == (None, None, None)
+    try:
+        is_object = isinstance(json.loads(body), dict)
+    except (ValueError, RecursionError):
+        is_object = False
+    assert (fields.body_error is None) == is_object
+
+
+def test_body_error_says_what_is_wrong() -> None:
+    assert extract_routing_fields(b'{"model": "m"}').body_error is None
+    assert "not valid JSON" in (extract_routing_fields(b'{"model": ').body_error or "")
+    assert "JSON object" in (extract_routing_fields(b"[1, 2]").body_error or "")
+    assert "empty" in (extract_routing_fields(b"").body_error or "")
+    deep = b'{"a":' * 50_000 + b"1" + b"}" * 50_000
+    assert "nested" in (extract_routing_fields(deep).body_error or "")
+
+
+def test_embedding_paths_use_embedding_targets_when_there_are_any() -> None:
+    chat = Target("m", "local:1", 1, None, 4096)
+    emb = Target("m", "local:2", 2, None, 4096)
+    plain = RoutingSnapshot({"m": [chat]}, serving=True)
+    both = RoutingSnapshot({"m": [chat]}, serving=True, embedding_targets={"m": [emb]})
+    assert snapshot_for_path(both, "/v1/embeddings").targets == {"m": [emb]}
+    assert snapshot_for_path(both, "/embeddings").targets == {"m": [emb]}
+    assert snapshot_for_path(both, "/v1/chat/completions").targets == {"m": [chat]}
+    assert snapshot_for_path(plain, "/v1/embeddings") is plain
 
 
 @given(st.binary(max_size=500))

@@ -1,0 +1,106 @@
+"""Ending a relayed event stream cleanly when its upstream dies in the middle.
+
+llama-server streams server-sent events in a chunked body. If it crashes mid-stream, relaying
+its bytes and closing leaves the client with a truncated chunked body: HTTP libraries raise a
+transport error (or, worse, some wait). :class:`ChunkedTracker` follows the chunk framing of
+the relayed bytes (sizes only: payloads are skipped, never copied or decoded) so that, at a
+chunk boundary, the ingress can append one error event in the dialect of the API and the final
+chunk. Each SDK then raises its own typed error with a message that says what happened.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+
+__all__ = ["ChunkedTracker", "stream_error_tail"]
+
+_MAX_LINE = 4096
+"""A chunk-size or trailer line longer than this is not HTTP/1.1 chunking we understand."""
+
+
+class _State(enum.Enum):
+    SIZE = enum.auto()
+    DATA = enum.auto()
+    DATA_END = enum.auto()
+    TRAILER = enum.auto()
+    DONE = enum.auto()
+    LOST = enum.auto()
+
+
+class ChunkedTracker:
+    """Where a chunked body stands after the bytes fed so far (sans-IO)."""
+
+    __slots__ = ("_line", "_remaining", "_state")
+
+    def __init__(self) -> None:
+        self._state = _State.SIZE
+        self._remaining = 0
+        self._line = b""
+
+    @property
+    def done(self) -> bool:
+        """The last chunk and the trailer section have been seen."""
+        return self._state is _State.DONE
+
+    @property
+    def at_boundary(self) -> bool:
+        """The bytes so far end exactly between two chunks: a new chunk may follow."""
+        return self._state is _State.SIZE and not self._line
+
+    def feed(self, data: bytes) -> None:
+        i, n = 0, len(data)
+        while i < n:
+            state = self._state
+            if state is _State.DATA or state is _State.DATA_END:
+                take = min(self._remaining, n - i)
+                self._remaining -= take
+                i += take
+                if self._remaining == 0:
+                    if state is _State.DATA:
+                        self._state, self._remaining = _State.DATA_END, 2
+                    else:
+                        self._state = _State.SIZE
+            elif state is _State.SIZE or state is _State.TRAILER:
+                end = data.find(b"\n", i)
+                if end < 0:
+                    self._line += data[i:]
+                    if len(self._line) > _MAX_LINE:
+                        self._state = _State.LOST
+                    return
+                line, self._line = self._line + data[i:end], b""
+                i = end + 1
+                self._on_line(line.strip())
+            else:  # DONE or LOST: nothing more to follow
+                return
+
+    def _on_line(self, line: bytes) -> None:
+        if self._state is _State.TRAILER:
+            if not line:
+                self._state = _State.DONE
+            return
+        try:
+            size = int(line.split(b";", 1)[0], 16)
+        except ValueError:
+            self._state = _State.LOST
+            return
+        if size == 0:
+            self._state = _State.TRAILER
+        else:
+            self._state, self._remaining = _State.DATA, size
+
+
+def stream_error_tail(path: str, message: str) -> bytes:
+    """One error event as a chunk, then the final chunk: what ends a broken stream.
+
+    Anthropic's Messages API has an ``error`` event; the OpenAI SDKs raise on a ``data:``
+    object carrying ``error`` (chat, completions and responses streams alike).
+    """
+    if path.startswith("/v1/messages"):
+        payload = {"type": "error", "error": {"type": "api_error", "message": message}}
+        event = f"event: error\ndata: {json.dumps(payload)}\n\n"
+    else:
+        error = {"message": message, "type": "server_error", "code": "upstream_failed"}
+        event = f"data: {json.dumps({'error': error})}\n\n"
+    body = event.encode()
+    return b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
