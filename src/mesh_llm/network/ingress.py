@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mesh_llm.errors import HttpProtocolError, MeshLlmError, PortInUseError, TransportError
+from mesh_llm.network.responses_stream import RESPONSES_PATHS, ResponsesStreamRewriter
 from mesh_llm.network.routing import (
     JSON_API_PATHS,
     RoutingSnapshot,
@@ -417,11 +418,26 @@ class Ingress:
         else:
             label = model.replace("\r", "").replace("\n", "")
             extra = f"{MODEL_HEADER}: {label}\r\n".encode()
-        tracker = _event_stream_tracker(first)
+        # Chunked event streams are followed (framing only), so that one cut short can be
+        # ended with an error event; a Responses API stream is also completed (see
+        # responses_stream). Everything else is relayed untouched.
+        body_at = _event_stream_body_at(first)
+        tracker = ChunkedTracker() if body_at is not None else None
+        rewriter = (
+            ResponsesStreamRewriter() if body_at is not None and path in RESPONSES_PATHS else None
+        )
         try:
-            await conn.send(first[:cut] + extra + first[cut:])
+            if rewriter is not None and body_at is not None:
+                head = first[:cut] + extra + first[cut:body_at]
+                await conn.send(head + rewriter.feed(first[body_at:]))
+            else:
+                if tracker is not None and body_at is not None:
+                    tracker.feed(first[body_at:])
+                await conn.send(first[:cut] + extra + first[cut:])
             while chunk := await upstream.read(READ_SIZE):
-                if tracker is not None:
+                if rewriter is not None:
+                    chunk = rewriter.feed(chunk)
+                elif tracker is not None:
                     tracker.feed(chunk)
                 conn.writer.write(chunk)
                 await conn.writer.drain()
@@ -430,9 +446,14 @@ class Ingress:
             return
         except (OSError, MeshLlmError) as exc:
             logger.warning("upstream failed mid-response: %s", exc)
-        if tracker is not None and not tracker.done:
+        if rewriter is not None:
+            broken, at_boundary = not rewriter.done, True  # it only ever sends whole chunks
+        else:
+            broken = tracker is not None and not tracker.done
+            at_boundary = tracker is not None and tracker.at_boundary
+        if broken:
             logger.warning("the llama-server for %s ended its event stream early", model)
-            if tracker.at_boundary:
+            if at_boundary:
                 message = (
                     f"the inference server for '{model}' stopped in the middle of the response;"
                     " the request can be retried"
@@ -441,9 +462,9 @@ class Ingress:
                     await conn.send(stream_error_tail(path, message))
 
 
-def _event_stream_tracker(first: bytes) -> ChunkedTracker | None:
-    """A tracker for a chunked ``text/event-stream`` response (fed the body bytes already in
-    ``first``), else None: only event streams get an error event when the upstream dies."""
+def _event_stream_body_at(first: bytes) -> int | None:
+    """Where the body starts in ``first`` for a chunked ``text/event-stream`` response, else
+    None."""
     try:
         head = parse_response_head(first)
     except MeshLlmError:
@@ -455,9 +476,7 @@ def _event_stream_tracker(first: bytes) -> ChunkedTracker | None:
         "content-type", ""
     ).startswith("text/event-stream"):
         return None
-    tracker = ChunkedTracker()
-    tracker.feed(first[head.head_length :])
-    return tracker
+    return head.head_length
 
 
 async def _read_decision(upstream: UpstreamStream, *, check_overflow: bool) -> bytes:

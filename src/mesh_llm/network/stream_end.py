@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import json
 
-__all__ = ["ChunkedTracker", "stream_error_tail"]
+__all__ = ["LAST_CHUNK", "ChunkedTracker", "as_chunk", "stream_error_tail"]
 
 _MAX_LINE = 4096
 """A chunk-size or trailer line longer than this is not HTTP/1.1 chunking we understand."""
@@ -29,14 +29,19 @@ class _State(enum.Enum):
 
 
 class ChunkedTracker:
-    """Where a chunked body stands after the bytes fed so far (sans-IO)."""
+    """Where a chunked body stands after the bytes fed so far (sans-IO).
 
-    __slots__ = ("_line", "_remaining", "_state")
+    With a ``sink``, chunk payloads are appended to it (de-chunking, for the one stream the
+    ingress rewrites); without, they are only counted.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_line", "_remaining", "_sink", "_state")
+
+    def __init__(self, sink: bytearray | None = None) -> None:
         self._state = _State.SIZE
         self._remaining = 0
         self._line = b""
+        self._sink = sink
 
     @property
     def done(self) -> bool:
@@ -54,6 +59,8 @@ class ChunkedTracker:
             state = self._state
             if state is _State.DATA or state is _State.DATA_END:
                 take = min(self._remaining, n - i)
+                if self._sink is not None and state is _State.DATA:
+                    self._sink += data[i : i + take]
                 self._remaining -= take
                 i += take
                 if self._remaining == 0:
@@ -102,5 +109,11 @@ def stream_error_tail(path: str, message: str) -> bytes:
     else:
         error = {"message": message, "type": "server_error", "code": "upstream_failed"}
         event = f"data: {json.dumps({'error': error})}\n\n"
-    body = event.encode()
-    return b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    return as_chunk(event.encode()) + LAST_CHUNK
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def as_chunk(payload: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(payload), payload)

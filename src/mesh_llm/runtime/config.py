@@ -30,6 +30,10 @@ class NodeConfig:
     bind_port: int | None = None
     mesh_name: str | None = None
     extra_llama_args: tuple[str, ...] = field(default_factory=tuple)
+    chat_template_file: Path | None = None
+    """Overrides every model's chat template (``--chat-template-file``)."""
+    embeddings: bool = False
+    """Also run an embedding llama-server per chat model (``--embeddings``)."""
 
     @property
     def bind_host(self) -> str:

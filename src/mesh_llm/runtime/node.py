@@ -25,6 +25,9 @@ from mesh_llm import __version__
 from mesh_llm.api import ChangeHub, ManagementServer
 from mesh_llm.errors import ConfigError, MeshLlmError, TransportError
 from mesh_llm.inference import (
+    EMBEDDING_BATCH,
+    EMBEDDING_CTX,
+    EMBEDDING_PARALLEL,
     FIT_FACTOR,
     Backend,
     BackendBinaries,
@@ -37,11 +40,19 @@ from mesh_llm.inference import (
     choose_ctx_size,
     ensure_backend,
     fits_solo,
+    is_embedding_model,
     llama_server_argv,
     plan_model,
     reap_recorded_children,
 )
-from mesh_llm.models import GgufInfo, ResolvedModel, identity_hash, read_gguf_info, resolve_model
+from mesh_llm.models import (
+    GgufInfo,
+    ResolvedModel,
+    bundled_chat_template,
+    identity_hash,
+    read_gguf_info,
+    resolve_model,
+)
 from mesh_llm.network import (
     Ingress,
     RoutingSnapshot,
@@ -67,6 +78,23 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:80]
 
 
+def _ready_targets(runners: Sequence[ModelRunner]) -> dict[str, list[Target]]:
+    targets: dict[str, list[Target]] = {}
+    for runner in runners:
+        port = runner.port
+        if runner.ready and port is not None:
+            targets.setdefault(runner.name, []).append(
+                Target(
+                    model=runner.name,
+                    key=f"local:{port}",
+                    local_port=port,
+                    peer_id=None,
+                    context_length=runner.ctx_size,
+                )
+            )
+    return targets
+
+
 def server_features(binary: Path) -> ServerFeatures:
     try:
         out = subprocess.run(
@@ -90,6 +118,10 @@ class Node:
         self.capacity = 0
         self.binaries: BackendBinaries | None = None
         self.models: list[ModelRunner] = []
+        self.embedders: list[ModelRunner] = []
+        """``--embeddings``: a second llama-server per chat model that answers /v1/embeddings."""
+        self._embedding_models: set[str] = set()
+        """Dedicated embedding models among ``models`` (served with ``--embeddings``)."""
         self.ingress: Ingress | None = None
         self.tunnel_ingress: Ingress | None = None
         self.console: ManagementServer | None = None
@@ -117,7 +149,12 @@ class Node:
             for m, seen in self._seen_models.items()
             if m not in targets and now - seen < SEEN_MODEL_TTL_S
         )
-        return RoutingSnapshot(targets=targets, serving=local.serving, unavailable=unavailable)
+        return RoutingSnapshot(
+            targets=targets,
+            serving=local.serving,
+            unavailable=unavailable,
+            embedding_targets=local.embedding_targets,
+        )
 
     async def connect_target(self, target: Target) -> UpstreamStream:
         if target.local_port is not None:
@@ -133,20 +170,13 @@ class Node:
 
     def local_snapshot(self) -> RoutingSnapshot:
         """Only this node's own llama-servers: what requests arriving through a tunnel may use."""
-        targets: dict[str, list[Target]] = {}
-        for model in self.models:
-            port = model.port
-            if model.ready and port is not None:
-                targets.setdefault(model.name, []).append(
-                    Target(
-                        model=model.name,
-                        key=f"local:{port}",
-                        local_port=port,
-                        peer_id=None,
-                        context_length=model.ctx_size,
-                    )
-                )
-        return RoutingSnapshot(targets=targets, serving=bool(targets))
+        targets = _ready_targets(self.models)
+        embedding_targets = _ready_targets(
+            [m for m in self.models if m.name in self._embedding_models] + self.embedders
+        )
+        return RoutingSnapshot(
+            targets=targets, serving=bool(targets), embedding_targets=embedding_targets
+        )
 
     def models_listing(self) -> list[dict[str, object]]:
         """Every model the mesh can answer right now (local ones first)."""
@@ -304,7 +334,9 @@ class Node:
             }
             if binaries
             else None,
-            "local_models": [m.status() for m in self.models],
+            "local_models": [
+                {**m.status(), "role": self._role(m)} for m in [*self.models, *self.embedders]
+            ],
             "rpc_server": self._rpc_status(),
             "uptime_secs": int(time.time() - self.started_at),
         }
@@ -331,15 +363,22 @@ class Node:
             "processes": [
                 {
                     "name": m.name,
+                    "role": self._role(m),
                     "backend": "llama",
                     "status": m.state,
                     "port": m.port,
                     "pid": m.pid,
                 }
-                for m in self.models
+                for m in [*self.models, *self.embedders]
                 if m.pid is not None
             ]
         }
+
+    def _role(self, runner: ModelRunner) -> str:
+        """``chat``, or ``embeddings`` for an embedding model or a chat model's sidecar."""
+        if runner in self.embedders or runner.name in self._embedding_models:
+            return "embeddings"
+        return "chat"
 
     # -------------------------------------------------------------------------------- startup
 
@@ -381,6 +420,15 @@ class Node:
                 override=self.config.ctx_size,
             )
             log_path = self.state_dir / "logs" / f"llama-server-{_safe_name(name)}.log"
+            entry = model.catalog_entry
+            dedicated = is_embedding_model(
+                info.architecture,
+                info.pooling_type,
+                catalog_embedding=entry is not None and entry.embedding,
+            )
+            template = self._chat_template(model) if not dedicated else None
+            if dedicated:
+                self._embedding_models.add(name)
 
             def make_spec(
                 port: int,
@@ -389,6 +437,8 @@ class Node:
                 model: ResolvedModel = model,
                 ctx: int = ctx,
                 log_path: Path = log_path,
+                template: Path | None = template,
+                dedicated: bool = dedicated,
             ) -> LaunchSpec:
                 argv = llama_server_argv(
                     binaries.llama_server,
@@ -400,6 +450,9 @@ class Node:
                     parallel=self.config.parallel,
                     rpc=rpc,
                     tensor_split=split,
+                    chat_template_file=template,
+                    embeddings=dedicated,
+                    batch_size=min(ctx, EMBEDDING_BATCH) if dedicated else None,
                     alias=model.name,
                     extra=self.config.extra_llama_args,
                 )
@@ -430,6 +483,63 @@ class Node:
                 )
             runner.identity = identity_hash(model.path)
             self.models.append(runner)
+            if self.config.embeddings and solo and not dedicated:
+                if gpu and not fits_solo(self.capacity - used, info.file_size):
+                    raise ConfigError(
+                        f"--embeddings runs a second copy of {name} for embeddings, and it does "
+                        f"not fit in the {(self.capacity - used) / GB:.2f} GB left"
+                    )
+                if gpu:
+                    used += info.file_size  # on CPU both processes share the page cache
+                self.embedders.append(self._embedder(name, model, info, ctx, features, gpu))
+
+    def _chat_template(self, model: ResolvedModel) -> Path | None:
+        """``--chat-template-file``, else the catalog entry's bundled template, else none (the
+        GGUF's own)."""
+        if self.config.chat_template_file is not None:
+            return self.config.chat_template_file
+        entry = model.catalog_entry
+        if entry is not None and entry.chat_template:
+            return bundled_chat_template(entry.chat_template)
+        return None
+
+    def _embedder(
+        self,
+        name: str,
+        model: ResolvedModel,
+        info: GgufInfo,
+        chat_ctx: int,
+        features: ServerFeatures,
+        gpu: bool,
+    ) -> ModelRunner:
+        """The embedding sidecar of chat model ``name``: the same file with ``--embeddings
+        --pooling mean``. A separate process, because ``--embeddings`` makes llama-server
+        compute an output for every prompt token and caps its batch, slowing chat."""
+        assert self.binaries is not None
+        binary = self.binaries.llama_server
+        ctx = min(chat_ctx, EMBEDDING_CTX)
+        log_path = self.state_dir / "logs" / f"llama-server-{_safe_name(name)}-embeddings.log"
+
+        def make_spec(port: int, rpc: Sequence[str], split: str | None) -> LaunchSpec:
+            argv = llama_server_argv(
+                binary,
+                model.path,
+                port=port,
+                ctx_size=ctx,
+                gpu=gpu,
+                features=features,
+                parallel=EMBEDDING_PARALLEL,
+                embeddings=True,
+                pooling="mean",
+                batch_size=min(ctx, EMBEDDING_BATCH),
+                alias=model.name,
+                extra=self.config.extra_llama_args,
+            )
+            return LaunchSpec(model.name, tuple(argv), port, log_path)
+
+        return SoloRunner(
+            name, model, info, ctx, make_spec, registry=self.registry, on_change=self._changed
+        )
 
     async def run(self) -> int:
         """Run until SIGINT/SIGTERM; returns the process exit code."""
@@ -518,7 +628,7 @@ class Node:
             async with asyncio.TaskGroup() as group:
                 mesh_task = group.create_task(self.mesh.run())
                 self._changed()
-                for model in self.models:
+                for model in [*self.models, *self.embedders]:
                     group.create_task(model.run())
                 group.create_task(self._announce_ready())
                 await self._stop.wait()
@@ -562,6 +672,8 @@ class Node:
                 f"ctx {model.ctx_size})"
                 " loading..."
             )
+        for model in self.embedders:
+            self._out(f"  Embeddings: {model.name} (a second llama-server, ctx {model.ctx_size})")
 
     def _tunnel_port(self) -> int | None:
         if self.config.client or self.tunnel_ingress is None:
@@ -579,7 +691,7 @@ class Node:
             await self.tunnel_ingress.close()
         if self.mesh is not None:
             await self.mesh.leave_and_close()
-        await asyncio.gather(*(m.stop() for m in self.models))
+        await asyncio.gather(*(m.stop() for m in [*self.models, *self.embedders]))
 
     async def _close_servers(self) -> None:
         for ingress in (self.ingress, self.tunnel_ingress):
@@ -592,4 +704,4 @@ class Node:
         if self.console is not None:
             with contextlib.suppress(MeshLlmError):
                 await self.console.close()
-        await asyncio.gather(*(m.stop() for m in self.models))
+        await asyncio.gather(*(m.stop() for m in [*self.models, *self.embedders]))

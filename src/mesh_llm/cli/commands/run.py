@@ -40,6 +40,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                        help="dir of llama-server, rpc-server (env MESH_LLM_BIN_DIR)")  # fmt: skip
     group.add_argument("--backend", choices=["cpu", "cuda", "metal", "vulkan", "hip"],
                        help="llama.cpp backend to build/use (default: detected)")  # fmt: skip
+    group.add_argument("--chat-template-file", type=Path, metavar="PATH",
+                       help="Jinja chat template for every model (default: the catalog's, "
+                            "else the GGUF's own)")  # fmt: skip
+    group.add_argument("--embeddings", action="store_true",
+                       help="also answer /v1/embeddings for chat models (a second "
+                            "llama-server per model; embedding models always do)")  # fmt: skip
     mesh = parser.add_argument_group("mesh")
     mesh.add_argument("-j", "--join", action="append", default=[], metavar="TOKEN",
                       help="join a mesh by invite token (repeatable; tried in order)")  # fmt: skip
@@ -79,6 +85,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     for path in args.gguf:
         if not path.is_file():
             raise ConfigError(f"--gguf {path}: no such file")
+    if args.chat_template_file is not None and not args.chat_template_file.is_file():
+        raise ConfigError(f"--chat-template-file {args.chat_template_file}: no such file")
     return NodeConfig(
         models=tuple(args.model),
         gguf=tuple(args.gguf),
@@ -99,6 +107,10 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         bind_ip=args.bind_ip,
         bind_port=args.bind_port,
         mesh_name=args.mesh_name,
+        chat_template_file=(
+            args.chat_template_file.resolve() if args.chat_template_file is not None else None
+        ),
+        embeddings=args.embeddings,
     )
 
 
