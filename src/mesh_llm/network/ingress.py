@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mesh_llm.errors import HttpProtocolError, MeshLlmError, PortInUseError, TransportError
-from mesh_llm.network.responses_stream import RESPONSES_PATHS, ResponsesStreamRewriter
+from mesh_llm.network.event_streams import rewriter_for
 from mesh_llm.network.routing import (
     JSON_API_PATHS,
     RoutingSnapshot,
@@ -419,13 +419,11 @@ class Ingress:
             label = model.replace("\r", "").replace("\n", "")
             extra = f"{MODEL_HEADER}: {label}\r\n".encode()
         # Chunked event streams are followed (framing only), so that one cut short can be
-        # ended with an error event; a Responses API stream is also completed (see
-        # responses_stream). Everything else is relayed untouched.
+        # ended with an error event; Responses and Messages streams are also completed (see
+        # event_streams). Everything else is relayed untouched.
         body_at = _event_stream_body_at(first)
         tracker = ChunkedTracker() if body_at is not None else None
-        rewriter = (
-            ResponsesStreamRewriter() if body_at is not None and path in RESPONSES_PATHS else None
-        )
+        rewriter = rewriter_for(path, model) if body_at is not None else None
         try:
             if rewriter is not None and body_at is not None:
                 head = first[:cut] + extra + first[cut:body_at]

@@ -1,16 +1,21 @@
-"""The Responses API stream rewriter, on streams recorded from the pinned llama-server."""
+"""The event stream rewriters, on streams recorded from the pinned llama-server."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import anthropic
 import openai
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh_llm.network.responses_stream import ResponsesEventFixer, ResponsesStreamRewriter
+from mesh_llm.network.event_streams import (
+    EventStreamRewriter,
+    MessageStartFixer,
+    ResponsesEventFixer,
+)
 from mesh_llm.network.stream_end import ChunkedTracker, as_chunk
 from tests.fakes.fake_upstream import SSE_HEAD, raw, running
 from tests.unit.network.test_ingress import serving, to
@@ -18,6 +23,11 @@ from tests.unit.network.test_ingress import serving, to
 DATA = Path(__file__).parent / "data"
 TEXT = (DATA / "llama_responses_text.sse").read_bytes()
 TOOL = (DATA / "llama_responses_tool.sse").read_bytes()
+NO_START = (DATA / "llama_messages_no_start.sse").read_bytes()
+
+
+def ResponsesStreamRewriter() -> EventStreamRewriter:  # noqa: N802 - reads like the class
+    return EventStreamRewriter(ResponsesEventFixer())
 
 
 def chunked(sse: bytes, size: int = 0) -> bytes:
@@ -125,3 +135,33 @@ async def test_openai_stream_helper_sees_a_streamed_function_call() -> None:
     calls = [o for o in final.output if o.type == "function_call"]
     assert [c.name for c in calls] == ["get_weather"]
     assert json.loads(calls[0].arguments) == {"city": "Paris"}
+
+
+def test_message_start_is_added_only_when_missing() -> None:
+    fixed = EventStreamRewriter(MessageStartFixer("m")).feed(chunked(NO_START))
+    types = [e["type"] for e in events(dechunk(fixed))]
+    assert types[:2] == ["message_start", "content_block_start"]
+    assert types[1:] == [e["type"] for e in events(NO_START)]
+    again = EventStreamRewriter(MessageStartFixer("m")).feed(fixed)
+    assert dechunk(again) == dechunk(fixed)
+
+
+async def test_anthropic_stream_helper_works_when_llama_server_skips_message_start() -> None:
+    body = SSE_HEAD + chunked(NO_START)
+    async with running(raw(body)) as up, serving({"m": [to("m", up)]}) as h:
+        client = anthropic.AsyncAnthropic(
+            base_url=f"http://127.0.0.1:{h.port}", api_key="unused", max_retries=0
+        )
+        try:
+            async with client.messages.stream(
+                model="m", max_tokens=8, messages=[{"role": "user", "content": "hi"}]
+            ) as stream:
+                text = "".join([t async for t in stream.text_stream])
+                final = await stream.get_final_message()
+        finally:
+            await client.close()
+    assert text
+    assert final.content[0].type == "text"
+    assert final.content[0].text == text
+    assert final.stop_reason == "max_tokens"
+    assert final.usage.output_tokens == 8
