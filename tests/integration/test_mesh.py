@@ -6,7 +6,10 @@ A serves SmolLM2, B joins A serving the same weights under a second name, C is a
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -229,3 +232,36 @@ def test_ctrl_c_host_is_gone_from_the_client_within_1s(mesh: Mesh) -> None:
     wait_for(lambda: a_id not in peer_ids(mesh.c), 3.0, "C to drop A", interval=0.05)
     assert time.monotonic() - sent <= 1.0 + 0.2, "ctrl-c must be seen within about 1 s"
     assert MODEL_A not in mesh.c.model_ids()
+
+
+def test_malformed_token_is_a_one_line_error(tmp_path: Path) -> None:
+
+    result = subprocess.run(
+        [sys.executable, "-m", "mesh_llm", "--client", "--join", "not-a-token", "--no-relay"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "MESH_LLM_HOME": str(tmp_path)},
+        check=False,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("error: invalid --join token")
+
+
+def test_unreachable_join_target_still_serves_at_once(tmp_path: Path) -> None:
+    """A node whose bootstrap peer is down answers :9337 at once (503 JSON, empty model list)."""
+    from mesh_llm.protocol import EndpointAddrInfo, encode_token
+
+    ghost = encode_token(EndpointAddrInfo.create("ab" * 32, (), ["127.0.0.1:9"]))
+    node = MeshNode("lonely", tmp_path / "lonely", ["--client", "--join", ghost, *MESH_ARGS])
+    node.start()
+    try:
+        assert wait_for(lambda: node.model_ids() == [], 15, ":9337 to answer") is True
+        with pytest.raises(openai.APIStatusError) as info:
+            chat(node, MODEL_A)
+        assert info.value.status_code == 503
+        assert node.status()["node_status"] == "Client"
+    finally:
+        node.stop()
