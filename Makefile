@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MODEL ?= SmolLM2-135M-Instruct
 PYTEST_ARGS ?=
+NODE_SDK := tests/integration/node_sdk
 
-.PHONY: run test setup venv backend model lint check unit e2e proto bench clean
+.PHONY: run test setup venv backend model node-sdk lint check unit e2e proto bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,7 +25,16 @@ backend: venv
 model: venv
 	$(BIN)/mesh-llm models download $(MODEL)
 
-setup: venv backend model
+## node-sdk: the Node.js `openai` package the conformance suite drives (only where node exists)
+node-sdk: $(NODE_SDK)/package-lock.json
+	@if ! command -v node >/dev/null 2>&1; then \
+		echo "node not found: the Node.js SDK conformance test will be skipped"; \
+	elif [ ! -f $(NODE_SDK)/node_modules/.package-lock.json ] || \
+	     [ $(NODE_SDK)/package-lock.json -nt $(NODE_SDK)/node_modules/.package-lock.json ]; then \
+		cd $(NODE_SDK) && npm ci --no-audit --no-fund --loglevel=error; \
+	fi
+
+setup: venv backend model node-sdk
 
 ## run: set up, then start a node serving the default model
 run: setup
