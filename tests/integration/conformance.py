@@ -79,6 +79,12 @@ def check_weather_arguments(arguments: str | dict[str, Any]) -> dict[str, Any]:
     return parsed
 
 
+def mentions_the_result(answer: str) -> bool:
+    """The final answer of a tool round trip uses the tool result (or at least the question)."""
+    words = ("18", "paris", "cloud", "celsius")
+    return any(w in answer.lower() for w in words)
+
+
 def chat_pid(node: MeshNode) -> int:
     procs = http_json(f"{node.console}/api/runtime/processes")["processes"]
     pids = [p["pid"] for p in procs if p["role"] == "chat" and p["pid"]]
