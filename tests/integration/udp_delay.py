@@ -1,9 +1,9 @@
 """A user-space UDP relay that adds latency (these machines have no netem).
 
-``UdpDelayRelay(target, delay_s)`` listens on 127.0.0.1; every datagram from a client goes to
-``target`` after ``delay_s``, and every reply goes back to that client after ``delay_s``: each round
-trip through the relay gains ``2 * delay_s``. Runs its own event loop in a thread so synchronous tests
-can use it; stops by itself on ``close()``.
+``UdpDelayRelay(target, delay_s)`` listens on 127.0.0.1; each datagram from a client reaches
+``target`` after ``delay_s`` and each reply reaches the client after ``delay_s``, so every round
+trip through the relay gains ``2 * delay_s``. It runs its own event loop in a thread, so
+synchronous tests can use it, and stops on ``close()``.
 """
 
 from __future__ import annotations
@@ -86,9 +86,7 @@ class UdpDelayRelay:
             self._pending[client] = [data]
 
             async def connect() -> None:
-                await self._loop.create_datagram_endpoint(
-                    lambda: upstream, remote_addr=self.target
-                )
+                await self._loop.create_datagram_endpoint(lambda: upstream, remote_addr=self.target)
                 for queued in self._pending.pop(client, []):
                     self.later(lambda d=queued: self._send_upstream(upstream, d))
 
