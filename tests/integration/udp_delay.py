@@ -1,9 +1,9 @@
 """A user-space UDP relay that adds latency (these machines have no netem).
 
-``UdpDelayRelay(target, delay_s)`` listens on 127.0.0.1; each datagram from a client reaches
-``target`` after ``delay_s`` and each reply reaches the client after ``delay_s``, so every round
-trip through the relay gains ``2 * delay_s``. It runs its own event loop in a thread, so
-synchronous tests can use it, and stops on ``close()``.
+``UdpDelayRelay(target, delay_s, listen_host)`` listens on ``listen_host``. Each datagram from
+a client reaches ``target`` after ``delay_s`` and each reply reaches the client after
+``delay_s``, so every round trip through the relay gains ``2 * delay_s``. It runs its own event
+loop in a thread, so synchronous tests can use it, and stops on ``close()``.
 """
 
 from __future__ import annotations
@@ -37,8 +37,11 @@ class _Listener(asyncio.DatagramProtocol):
 
 
 class UdpDelayRelay:
-    def __init__(self, target: tuple[str, int], delay_s: float) -> None:
+    def __init__(
+        self, target: tuple[str, int], delay_s: float, listen_host: str = "127.0.0.1"
+    ) -> None:
         self.target = target
+        self.listen_host = listen_host
         self.delay_s = delay_s
         self._loop = asyncio.new_event_loop()
         self._upstreams: dict[tuple[str, int], _Upstream] = {}
@@ -56,7 +59,7 @@ class UdpDelayRelay:
 
         async def start() -> None:
             transport, _ = await self._loop.create_datagram_endpoint(
-                lambda: _Listener(self), local_addr=("127.0.0.1", 0)
+                lambda: _Listener(self), local_addr=(self.listen_host, 0)
             )
             self._listener = transport
             ready.set()
