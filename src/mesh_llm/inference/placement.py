@@ -83,15 +83,18 @@ def plan_model(
     peers: Sequence[Member],
     model_bytes: int,
     *,
+    helpers: Sequence[Member] = (),
     force_split: bool = False,
     max_rtt_ms: float = MAX_SPLIT_RTT_MS,
 ) -> Plan:
     """Decide how ``me`` takes part in serving a model of ``model_bytes``.
 
-    ``peers``: the other non-client members that declared the model. The host is the member with
-    the highest capacity, ties to the larger id (RTT plays no part in the election). The host
-    picks workers: same llama.cpp build, RTT within ``max_rtt_ms`` (unknown counts as eligible
-    but sorts last), lowest RTT first, until the total capacity reaches size x 1.1.
+    ``peers``: the other non-client members that declared the model (the election group);
+    ``helpers``: idle workers (an rpc-server, no model of their own) that may lend memory without
+    holding the file. The host is the group member with the highest capacity, ties to the larger
+    id (RTT plays no part in the election). The host picks workers among peers and helpers: same
+    llama.cpp build, RTT within ``max_rtt_ms`` (unknown counts as eligible but sorts last), lowest
+    RTT first, until the total capacity reaches size x 1.1.
     """
     need = int(model_bytes * FIT_FACTOR)
     if not force_split and fits_solo(me.capacity, model_bytes):
@@ -106,7 +109,7 @@ def plan_model(
         )
     excluded: list[tuple[bytes, str]] = []
     eligible: list[Member] = []
-    for peer in peers:
+    for peer in [*peers, *helpers]:
         if peer.build_id != me.build_id:
             excluded.append(
                 (peer.node_id, f"llama.cpp build {peer.build_id or 'unknown'} != {me.build_id}")

@@ -77,3 +77,11 @@ def test_split_has_one_value_per_device_and_sums_to_about_one(
     values = [float(v) for v in tensor_split(host, workers).split(",")]
     assert len(values) == len(workers) + 1
     assert abs(sum(values) - 1.0) <= 0.005 * len(values)
+
+
+def test_idle_helpers_lend_memory_but_never_host() -> None:
+    me = member(1, 70)
+    helper = member(9, 500)
+    plan = plan_model(me, [], MODEL, helpers=[helper])
+    assert plan.kind is PlanKind.HOST
+    assert plan.workers == (helper.node_id,)
