@@ -32,6 +32,8 @@ from mesh_llm.inference.placement import (
     plan_model,
     tensor_split,
 )
+from mesh_llm.inference.rpc_server import RpcServer, rpc_server_argv
+from mesh_llm.inference.rpc_weights import host_weights, local_weight_files
 from mesh_llm.inference.supervisor import (
     RestartPolicy,
     ServerState,
@@ -57,6 +59,7 @@ __all__ = [
     "Plan",
     "PlanKind",
     "RestartPolicy",
+    "RpcServer",
     "ServerFeatures",
     "ServerState",
     "ServerSupervisor",
@@ -66,13 +69,16 @@ __all__ = [
     "ensure_backend",
     "fits_solo",
     "free_port",
+    "host_weights",
     "is_embedding_model",
     "llama_server_argv",
+    "local_weight_files",
     "locate_backend",
     "plan_model",
     "probe_devices",
     "probe_health",
     "reap_recorded_children",
+    "rpc_server_argv",
     "stop_pid",
     "tensor_split",
 ]

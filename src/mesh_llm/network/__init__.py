@@ -21,6 +21,9 @@ from mesh_llm.network.routing import (
     required_context,
     snapshot_for_path,
 )
+from mesh_llm.network.rpc_splice import HostWeights, RpcTunnelStats, TensorLocation
+from mesh_llm.network.rpc_store import DEFAULT_STORE_CAP_BYTES, RpcStore
+from mesh_llm.network.rpc_tunnel import RpcStream, RpcTunnelHost, WorkerSources, serve_rpc_tunnel
 from mesh_llm.network.transport import (
     DEFAULT_RELAY_URLS,
     BiStream,
@@ -56,4 +59,15 @@ __all__ += [
     "apply_iroh_patch",
     "generate_key",
     "load_or_create_key",
+]
+__all__ += [
+    "DEFAULT_STORE_CAP_BYTES",
+    "HostWeights",
+    "RpcStore",
+    "RpcStream",
+    "RpcTunnelHost",
+    "RpcTunnelStats",
+    "TensorLocation",
+    "WorkerSources",
+    "serve_rpc_tunnel",
 ]
