@@ -64,6 +64,7 @@ from mesh_llm.protocol import NodeRole, PeerAnnouncement
 from mesh_llm.protocol import ServedModel as WireServedModel
 from mesh_llm.runtime.config import NodeConfig
 from mesh_llm.runtime.mesh_link import MeshLink
+from mesh_llm.runtime.rpc_link import RpcLink
 from mesh_llm.runtime.runners import ModelRunner, SoloRunner, SplitRunner
 from mesh_llm.system import GB, HardwareSurvey, capacity_bytes, state_dir, survey_hardware
 
@@ -126,6 +127,7 @@ class Node:
         self.tunnel_ingress: Ingress | None = None
         self.console: ManagementServer | None = None
         self.mesh: MeshLink | None = None
+        self.rpc: RpcLink | None = None
         self._seen_models: dict[str, float] = {}
         self._api_port = config.port
         self.started_at = time.time()
@@ -256,29 +258,39 @@ class Node:
         build = self.binaries.build_id if self.binaries else None
         me = Member(own, self.capacity, None, build, self._rpc_port() is not None)
         peers: list[Member] = []
+        helpers: list[Member] = []
         if mesh is not None and mesh.membership is not None and mesh.service is not None:
             rtts = {v.peer_id: v.rtt_ms for v in mesh.membership.peers_view(time.monotonic())}
             for peer in mesh.membership.peer_ids():
                 ann = mesh.membership.announcement(peer)
-                if ann is None or ann.role is NodeRole.CLIENT or model not in ann.serving_models:
+                if ann is None or ann.role is NodeRole.CLIENT:
                     continue
                 if not (mesh.membership.is_admitted(peer) and mesh.service.is_connected(peer)):
                     continue
                 rtt = rtts.get(peer)
-                peers.append(
-                    Member(peer, ann.vram_bytes, float(rtt) if rtt is not None else None,
-                           ann.llama_build, ann.rpc_ready)
-                )  # fmt: skip
-        return plan_model(me, peers, size, force_split=self.config.split)
+                member = Member(
+                    peer,
+                    ann.vram_bytes,
+                    float(rtt) if rtt is not None else None,
+                    ann.llama_build,
+                    ann.rpc_ready,
+                )
+                if model in ann.serving_models:
+                    peers.append(member)
+                elif not ann.serving_models and ann.rpc_ready:
+                    helpers.append(member)  # an idle worker: lends memory, never hosts
+        return plan_model(me, peers, size, helpers=helpers, force_split=self.config.split)
 
     def _rpc_port(self) -> int | None:
-        return None
+        return self.rpc.port if self.rpc is not None else None
 
-    async def _rpc_endpoint(self, peer: bytes) -> str:
-        raise TransportError(f"no RPC tunnel to {peer[:5].hex()}")
+    async def _rpc_endpoint(self, model_path: Path, peer: bytes) -> str:
+        if self.rpc is None:
+            raise TransportError("this node runs no RPC tunnels")
+        return await self.rpc.endpoint(peer, model_path)
 
     def _rpc_status(self) -> dict[str, object] | None:
-        return None
+        return self.rpc.status() if self.rpc is not None else None
 
     def node_status(self) -> str:
         if self.config.client:
@@ -479,7 +491,7 @@ class Node:
                     registry=self.registry,
                     on_change=self._changed,
                     plan=functools.partial(self._split_plan, name, info.file_size),
-                    rpc_endpoint=self._rpc_endpoint,
+                    rpc_endpoint=functools.partial(self._rpc_endpoint, model.path),
                 )
             runner.identity = identity_hash(model.path)
             self.models.append(runner)
@@ -615,7 +627,7 @@ class Node:
             await self._close_servers()
             raise
         try:
-            if resolved:
+            if not self.config.client:
                 backend = Backend(self.config.backend) if self.config.backend else None
                 self.binaries = await asyncio.to_thread(
                     ensure_backend,
@@ -624,6 +636,15 @@ class Node:
                     progress=lambda msg: self._out(f"  {msg}"),
                 )
                 self._plan_models(resolved)
+                if self.capacity > 0 and self.mesh.service is not None:
+                    self.rpc = RpcLink(
+                        self.binaries.rpc_server,
+                        state=self.state_dir,
+                        model_paths=[m.path for _, m, _ in resolved],
+                        device=self.config.device,
+                        registry=self.registry,
+                    )
+                    await self.rpc.start(self.mesh.service)
             self._print_summary()
             async with asyncio.TaskGroup() as group:
                 mesh_task = group.create_task(self.mesh.run())
@@ -692,6 +713,8 @@ class Node:
         if self.mesh is not None:
             await self.mesh.leave_and_close()
         await asyncio.gather(*(m.stop() for m in [*self.models, *self.embedders]))
+        if self.rpc is not None:
+            await self.rpc.stop()
 
     async def _close_servers(self) -> None:
         for ingress in (self.ingress, self.tunnel_ingress):
@@ -705,3 +728,5 @@ class Node:
             with contextlib.suppress(MeshLlmError):
                 await self.console.close()
         await asyncio.gather(*(m.stop() for m in [*self.models, *self.embedders]))
+        if self.rpc is not None:
+            await self.rpc.stop()

@@ -1,0 +1,217 @@
+"""End to end: a model too big for either node is split across two real nodes over RPC tunnels.
+
+``--max-vram 0.07`` makes SmolLM2 (98 MB, x1.1 = 108 MB) too big for one node and small enough for
+two. Real mesh-llm processes, real iroh, real llama-server and rpc-server.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mesh_llm.inference import locate_backend
+from tests.integration.harness import MeshNode, free_port, smollm_path, wait_for
+from tests.integration.netns import netns_available, network_namespace
+from tests.integration.udp_delay import UdpDelayRelay
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "SmolLM2-135M-Instruct"
+MESH = ["--no-relay", "--bind-ip", "127.0.0.1", "--parallel", "1", "--ctx-size", "2048"]
+PROMPT = "The three primary colors are"
+
+
+def split_info(node: MeshNode) -> dict[str, Any]:
+    models = node.status()["local_models"]
+    split: dict[str, Any] | None = next(
+        (m.get("split") for m in models if m["name"] == MODEL), None
+    )
+    return split or {}
+
+
+def completion(port: int, path: str = "/v1/completions") -> str:
+    body = json.dumps(
+        {"model": MODEL, "prompt": PROMPT, "max_tokens": 24, "temperature": 0, "seed": 1}
+    ).encode()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", body, {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        text: str = json.loads(resp.read())["choices"][0]["text"]
+    return text
+
+
+def solo_reference() -> str:
+    """The same request against a plain llama-server holding the whole model."""
+    bins = locate_backend()
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(bins.llama_server), "-m", str(smollm_path()), "--host", "127.0.0.1",
+         "--port", str(port), "-c", "2048", "--parallel", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: completion(port), 60, "the solo llama-server")
+        return completion(port)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+class Pair:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.a = MeshNode("A", root / "A", ["--model", MODEL, "--max-vram", "0.07", *MESH])
+        self.b: MeshNode | None = None
+
+    def start_b(self) -> MeshNode:
+        token = wait_for(lambda: self.a.status()["token"], 30, "A's token")
+        self.b = MeshNode("B", self.root / "B", ["--model", MODEL, "--max-vram", "0.07",
+                                                  "--join", token, *MESH]).start()  # fmt: skip
+        return self.b
+
+    def roles(self) -> dict[str, MeshNode]:
+        assert self.b is not None
+        out = {}
+        for node in (self.a, self.b):
+            role = split_info(node).get("role")
+            if role:
+                out[role] = node
+        return out
+
+    def logs(self) -> str:
+        return "\n".join(n.log_tail(40) for n in (self.a, self.b) if n is not None)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    p = Pair(tmp_path_factory.mktemp("split"))
+    try:
+        p.a.start()
+        wait_for(lambda: split_info(p.a).get("role") == "wait", 60, "A alone to wait for peers")
+        p.start_b()
+        wait_for(lambda: set(p.roles()) == {"host", "worker"}, 60, "a host and a worker")
+        host = p.roles()["host"]
+        wait_for(lambda: MODEL in host.model_ids(), 180, "the split host to serve")
+        yield p
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{p.logs()}") from None
+    finally:
+        for node in (p.a, p.b):
+            if node is not None:
+                node.stop()
+
+
+def test_split_forms_and_answers_like_solo(pair: Pair) -> None:
+    roles = pair.roles()
+    host, worker = roles["host"], roles["worker"]
+    host_split, worker_split = split_info(host), split_info(worker)
+    worker_id = worker.status()["node_id_full"]
+    assert host_split["workers"] == [worker_id]
+    assert host_split["tensor_split"] == "0.50,0.50"
+    assert worker_split["host"] == host.status()["node_id_full"]
+    assert host.status()["node_status"] == "Serving (split)"
+    assert worker.status()["node_status"] == "Worker (split)"
+    expected = solo_reference()
+    assert completion(host.api_port) == expected
+    assert completion(worker.api_port) == expected  # routed to the host through the tunnel
+
+
+def test_weights_did_not_cross_the_network(pair: Pair) -> None:
+    roles = pair.roles()
+    host, worker = roles["host"], roles["worker"]
+    tunnels = host.status()["rpc_server"]["tunnels"]
+    stats = tunnels[worker.status()["node_id_full"]]
+    model_bytes = smollm_path().stat().st_size
+    assert stats["bytes_sent"] < 0.05 * model_bytes, stats
+    assert stats["bytes_saved"] > 0.9 * model_bytes, stats
+
+
+def test_client_routes_only_to_the_host(pair: Pair) -> None:
+    roles = pair.roles()
+    host, worker = roles["host"], roles["worker"]
+    token = host.status()["token"]
+    client = MeshNode("C", pair.root / "C", ["--client", "--join", token, *MESH]).start()
+    try:
+        client.wait_models({MODEL}, timeout=60)
+        for _ in range(2):
+            assert completion(client.api_port)
+        peers = {p["id"]: p for p in client.status()["peers"]}
+        assert peers[host.status()["node_id_full"]]["tunnel_bytes_sent"] > 0
+        assert peers[worker.status()["node_id_full"]]["tunnel_bytes_sent"] == 0
+    finally:
+        client.stop()
+
+
+def test_kill9_worker_host_recovers_then_split_reforms(pair: Pair) -> None:
+    roles = pair.roles()
+    host, worker = roles["host"], roles["worker"]
+    worker.signal(signal.SIGKILL)
+    assert worker.proc is not None
+    worker.proc.wait(10)
+    killed = time.monotonic()
+    wait_for(lambda: split_info(host).get("role") == "wait", 10, "the host to give up the split")
+    assert time.monotonic() - killed <= 10
+    assert not [p for p in host.children() if "llama-server" in p.name()]
+    assert MODEL not in host.model_ids()
+    with pytest.raises(urllib.error.HTTPError) as info:
+        completion(host.api_port)
+    assert info.value.code == 503
+    # The worker comes back: the split re-forms.
+    revived = MeshNode(worker.name + "2", worker.home, worker.args).start()
+    if worker is pair.b:
+        pair.b = revived
+    else:
+        pair.a = revived
+    wait_for(lambda: MODEL in host.model_ids(), 120, "the split to re-form")
+    assert completion(host.api_port)
+
+
+@pytest.mark.skipif(netns_available() is not None, reason=str(netns_available()))
+def test_a_peer_beyond_the_rtt_cap_is_left_out(tmp_path: Path) -> None:
+    """B reaches A only through a relay adding 60 ms each way (RTT > 80 ms): A will not use it."""
+    a = MeshNode("A", tmp_path / "A", ["--model", MODEL, "--max-vram", "0.08", *MESH]).start()
+    try:
+        token = wait_for(lambda: a.status()["token"], 30, "A's token")
+        from mesh_llm.protocol import EndpointAddrInfo, decode_token, encode_token
+
+        addr = decode_token(token)
+        ip, port = addr.ip_addrs[0].rsplit(":", 1)
+        with network_namespace("rtt") as ns:
+            relay = UdpDelayRelay((ip, int(port)), 0.06, listen_host=ns.host_ip)
+            try:
+                via = encode_token(
+                    EndpointAddrInfo.create(addr.id_hex, (), [f"{ns.host_ip}:{relay.port}"])
+                )
+                b_args = ["--model", MODEL, "--max-vram", "0.07", "--join", via,
+                          "--no-relay", "--bind-ip", ns.ns_ip, "--ctx-size", "2048"]  # fmt: skip
+                b = MeshNode("B", tmp_path / "B", b_args, prefix=ns.prefix()).start()
+                try:
+                    wait_for(lambda: a.status()["peers"], 60, "B to join A through the relay")
+                    peer = a.status()["peers"][0]
+                    wait_for(lambda: (a.status()["peers"][0]["rtt_ms"] or 0) > 80, 30, "RTT > 80")
+                    time.sleep(3)  # let the election settle with the measured RTT
+
+                    def excluded() -> bool:
+                        info = split_info(a)
+                        return info.get("role") == "wait" and any(
+                            e["id"] == peer["id"] and "RTT" in e["reason"]
+                            for e in info.get("excluded", [])
+                        )
+
+                    wait_for(excluded, 30, "A to leave B out for its RTT")
+                finally:
+                    b.stop()
+            finally:
+                relay.close()
+    finally:
+        a.stop()
