@@ -12,7 +12,8 @@ mesh-llm's relay and rewriting. Modes run interleaved, ``--rounds`` times each:
 
 Per mode: load time, bytes host -> worker during the load (tunnel modes), decode tok/s (72
 tokens, median), and RPC round trips per generated token (all round trips of a 72-token request,
-prompt included, divided by 72).
+prompt included, divided by 72). Then the latency the tunnel ends add to one round trip:
+``GET_ALIGNMENT`` ping-pong against the same rpc-server, direct and through both ends.
 
     .venv/bin/python bench/bench_rpc_tunnel.py [--rounds 3]
 
@@ -26,6 +27,7 @@ import asyncio
 import json
 import platform
 import statistics
+import struct
 import sys
 import tempfile
 import time
@@ -79,6 +81,39 @@ async def one_run(mode: str, tmp: Path, rpc_port: int, store: RpcStore) -> dict[
         }
 
 
+PINGS = 2000
+
+
+async def ping_us(port: int, count: int = PINGS) -> float:
+    """Median microseconds of a GET_ALIGNMENT round trip (HELLO first)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(struct.pack("<BQ", 14, 24) + bytes(24))
+    await reader.readexactly(8 + 28)
+    ping = struct.pack("<BQI", 1, 4, 0)
+    samples: list[float] = []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        writer.write(ping)
+        await reader.readexactly(16)
+        samples.append(time.perf_counter() - t0)
+    writer.close()
+    await writer.wait_closed()
+    return statistics.median(samples) * 1e6
+
+
+async def latency(rpc_port: int) -> dict[str, float]:
+    model = smollm_path()
+    weights = await asyncio.to_thread(host_weights, model)
+    out = {"tcp": await ping_us(rpc_port)}
+    async with TunnelRig(rpc_port, None, WorkerSources()) as rig:
+        out["relay"] = await ping_us(rig.host.port)
+    files = {weights.identity.hex(): (model,)}
+    async with TunnelRig(rpc_port, weights, WorkerSources(files=files)) as rig:
+        out["file"] = await ping_us(rig.host.port)
+    out["tcp_again"] = await ping_us(rpc_port)
+    return {k: round(v, 1) for k, v in out.items()}
+
+
 async def main(rounds: int) -> dict[str, Any]:
     bins = locate_backend()
     results: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
@@ -92,6 +127,7 @@ async def main(rounds: int) -> dict[str, Any]:
                 order = list(MODES) if r % 2 == 0 else list(reversed(MODES))
                 for mode in order:
                     results[mode].append(await one_run(mode, tmp, port, store))
+            ping = await latency(port)
         finally:
             store.close()
             await rpc.stop()
@@ -111,23 +147,30 @@ async def main(rounds: int) -> dict[str, Any]:
             ):
                 row[key] = round(statistics.median(r[key] for r in runs), 2)
         summary[mode] = row
+    summary["round_trip_us"] = ping
     return summary
 
 
 def table(summary: dict[str, Any], model_bytes: int) -> str:
-    lines = [
-        f"{'mode':<7}{'load s':>8}{'tok/s':>8}{'vs tcp':>8}{'load MB to worker':>30}{'RT/tok':>8}"
-    ]
+    head = f"{'mode':<7}{'load s':>8}{'tok/s':>8}{'vs tcp':>8}{'MB to worker: 1st load':>24}"
+    lines = [head + f"{'later':>8}{'RT/tok':>8}"]
     tcp = summary["tcp"]["tok_s_median"]
-    for mode, row in summary.items():
+    for mode in MODES:
+        row = summary[mode]
         loads = row.get("load_bytes_runs")
-        load_txt = " / ".join(f"{b / 1e6:.2f}" for b in loads) if loads else "-"
+        first = f"{loads[0] / 1e6:.2f}" if loads else "-"
+        later = f"{statistics.median(loads[1:]) / 1e6:.2f}" if loads and len(loads) > 1 else "-"
         rt = row.get("round_trips_per_token", "-")
         lines.append(
             f"{mode:<7}{row['load_s_median']:>8}{row['tok_s_median']:>8}"
-            f"{row['tok_s_median'] / tcp:>8.2f}{load_txt:>30}{rt!s:>8}"
+            f"{row['tok_s_median'] / tcp:>8.2f}{first:>24}{later:>8}{rt!s:>8}"
         )
-    lines.append(f"model file: {model_bytes / 1e6:.1f} MB")
+    lines.append(f"model file: {model_bytes / 1e6:.1f} MB; tok/s per run in the JSON")
+    ping = summary["round_trip_us"]
+    lines.append(
+        "GET_ALIGNMENT round trip, median us: "
+        + ", ".join(f"{mode} {value}" for mode, value in ping.items())
+    )
     return "\n".join(lines)
 
 

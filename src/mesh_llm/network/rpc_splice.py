@@ -33,20 +33,23 @@ from mesh_llm.protocol.rpc import (
     FrameBody,
     FrameEnd,
     FrameStart,
-    Holdings,
     MeshCommand,
     RpcCodecError,
     RpcCommand,
     RpcFrameParser,
-    TensorRef,
     command_name,
-    decode_set_tensor_head,
-    decode_tensor_ref,
     encode_set_tensor_header,
+    request_prefix_len,
+    set_tensor_name,
+    set_tensor_offset,
+    tunnel_prefix_len,
+)
+from mesh_llm.protocol.rpc_mesh import (
+    Holdings,
+    TensorRef,
+    decode_tensor_ref,
     encode_store_header,
     encode_tensor_ref,
-    request_prefix_len,
-    tunnel_prefix_len,
 )
 
 __all__ = [
@@ -92,7 +95,7 @@ class RpcTunnelStats:
     active: int = 0
     bytes_sent: int = 0  # over the tunnel, to the peer
     bytes_received: int = 0  # over the tunnel, from the peer
-    round_trips: int = 0  # commands that expect a reply (counted on the host end)
+    round_trips: int = 0  # commands that expect a reply
     bytes_saved: int = 0  # weight bytes replaced by references (read from the worker's disk)
     bytes_stored: int = 0  # weight bytes sent (host) / kept (worker) in TENSOR_STORE frames
     refs: int = 0
@@ -236,14 +239,16 @@ class HostSplicer:
     def _choose(self, event: FrameStart) -> _Mode:
         if not self.active:
             return _Mode.PASS
-        head = decode_set_tensor_head(event.prefix)
-        loc = self._tensors.get(head.tensor.name)
+        loc = self._tensors.get(set_tensor_name(event.prefix))
+        if loc is None:  # graph inputs, KV cache, anything not from the file: no decoding
+            return _Mode.PASS
+        offset = set_tensor_offset(event.prefix)
         length = event.size - SET_TENSOR_HEAD_SIZE
-        if loc is None or length <= 0 or head.offset + length > loc.size:
+        if length <= 0 or offset + length > loc.size:
             return _Mode.PASS
         if loc.part >= len(self._files) or loc.offset + loc.size > len(self._files[loc.part]):
             return _Mode.PASS
-        pos = loc.offset + head.offset
+        pos = loc.offset + offset
         if self._holdings.covers(loc.part, pos, length):
             mode = _Mode.REF
         elif self._accepts_store:
@@ -365,6 +370,7 @@ class WorkerSplicer:
     def _start(self, event: FrameStart, out: list[WorkerOutput]) -> bool:
         first, self._first = self._first, False
         cmd = event.cmd
+        self._stats.frame(cmd)
         if cmd in (MeshCommand.TENSOR_REF, MeshCommand.TENSOR_STORE):
             ref = decode_tensor_ref(cmd, event.size, event.prefix)
             out.append(encode_set_tensor_header(ref.set_head, ref.length))

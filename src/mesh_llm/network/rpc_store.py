@@ -38,7 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from mesh_llm.protocol.rpc import MAX_FILE_OFFSET, MAX_PART, Extent, merge_extents
+from mesh_llm.protocol.rpc_mesh import (
+    MAX_FILE_OFFSET,
+    MAX_PART,
+    Extent,
+    merge_extents,
+)
 
 __all__ = ["DEFAULT_STORE_CAP_BYTES", "RpcStore"]
 

@@ -41,6 +41,9 @@ from mesh_llm.network.rpc_splice import (
 )
 from mesh_llm.network.rpc_store import RpcStore
 from mesh_llm.protocol.rpc import (
+    RpcCodecError,
+)
+from mesh_llm.protocol.rpc_mesh import (
     HOST_PREAMBLE_SIZE,
     PREAMBLE_VERSION,
     WORKER_PREAMBLE_HEAD_SIZE,
@@ -48,7 +51,6 @@ from mesh_llm.protocol.rpc import (
     Holding,
     Holdings,
     HostPreamble,
-    RpcCodecError,
     WorkerPreamble,
     decode_host_preamble,
     decode_worker_extents,
@@ -438,7 +440,11 @@ class _WorkerTunnel:
                         await writer.drain()
                         if writer.transport.is_closing():
                             raise ConnectionResetError("rpc-server connection closed")
-                        await loop.sendfile(writer.transport, self._file(part), offset, length)
+                        sent = await loop.sendfile(
+                            writer.transport, self._file(part), offset, length
+                        )
+                        if sent != length:  # the file shrank under us: the stream is lost
+                            raise OSError(f"local model part {part} ended at {offset + sent}")
                     case StoreChunk(_, _, chunk):
                         writer.write(chunk)
                         if self.store_open is not None:

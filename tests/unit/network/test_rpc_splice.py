@@ -24,15 +24,17 @@ from mesh_llm.network.rpc_splice import (
     WorkerSplicer,
 )
 from mesh_llm.protocol.rpc import (
-    Extent,
-    Holdings,
     MeshCommand,
     RpcCodecError,
     RpcCommand,
     RpcTensor,
-    TensorRef,
     encode_frame_header,
     encode_rpc_tensor,
+)
+from mesh_llm.protocol.rpc_mesh import (
+    Extent,
+    Holdings,
+    TensorRef,
     encode_tensor_ref,
 )
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from mesh_llm.network.rpc_store import RpcStore
-from mesh_llm.protocol.rpc import Extent
+from mesh_llm.protocol.rpc_mesh import (
+    Extent,
+)
 
 A, B, C = "a" * 64, "b" * 64, "c" * 64
 

@@ -19,16 +19,18 @@ from mesh_llm.network.rpc_tunnel import RpcTunnelHost, WorkerSources, serve_rpc_
 from mesh_llm.protocol.rpc import (
     COMMANDS_WITH_REPLY,
     FrameStart,
-    Holding,
-    HostPreamble,
     RpcCommand,
     RpcFrameParser,
     RpcTensor,
+    encode_frame_header,
+    encode_rpc_tensor,
+)
+from mesh_llm.protocol.rpc_mesh import (
+    Holding,
+    HostPreamble,
     TensorRef,
     WorkerPreamble,
-    encode_frame_header,
     encode_host_preamble,
-    encode_rpc_tensor,
     encode_tensor_ref,
     encode_worker_preamble,
 )
@@ -304,3 +306,18 @@ async def test_aclose_cuts_live_tunnels(weights: HostWeights) -> None:
         assert await closed_by_peer(reader)
         assert host.stats.active == 0
         writer.close()
+
+
+async def test_a_model_file_shrinking_under_the_worker_closes_the_tunnel(
+    model_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with FakeRpcServer() as rpc:
+        host_end, worker_end = stream_pair()
+        sources = WorkerSources(files={IDENTITY.hex(): (model_file,)})
+        task = asyncio.create_task(serve_rpc_tunnel(worker_end, rpc.port, sources, label="x"))
+        await host_end.write(encode_host_preamble(HostPreamble(IDENTITY)))
+        await host_end.read_exact(12 + 20)
+        await asyncio.to_thread(model_file.write_bytes, DATA[:1000])
+        await host_end.write(HELLO + encode_tensor_ref(TensorRef(0, 500, 5000, bytes(305))))
+        await asyncio.wait_for(task, 5)
+    assert "local model part 0 ended at 1000" in caplog.text

@@ -12,42 +12,46 @@ from hypothesis import strategies as st
 
 from mesh_llm.protocol.rpc import (
     COMMANDS_WITH_REPLY,
-    HOST_PREAMBLE_SIZE,
     PRIVATE_FRAME_PREFIX,
     RPC_TENSOR_SIZE,
     SET_TENSOR_HEAD_SIZE,
-    WORKER_PREAMBLE_HEAD_SIZE,
-    Extent,
     FrameBody,
     FrameEnd,
     FrameStart,
-    Holding,
-    Holdings,
-    HostPreamble,
     MeshCommand,
     RpcCodecError,
     RpcCommand,
     RpcEvent,
     RpcFrameParser,
     RpcTensor,
-    TensorRef,
-    WorkerPreamble,
     command_name,
-    decode_host_preamble,
     decode_rpc_tensor,
     decode_set_tensor_head,
+    encode_frame_header,
+    encode_rpc_tensor,
+    request_prefix_len,
+    set_tensor_name,
+    set_tensor_offset,
+    tunnel_prefix_len,
+)
+from mesh_llm.protocol.rpc_mesh import (
+    HOST_PREAMBLE_SIZE,
+    WORKER_PREAMBLE_HEAD_SIZE,
+    Extent,
+    Holding,
+    Holdings,
+    HostPreamble,
+    TensorRef,
+    WorkerPreamble,
+    decode_host_preamble,
     decode_tensor_ref,
     decode_worker_extents,
     decode_worker_preamble_head,
-    encode_frame_header,
     encode_host_preamble,
-    encode_rpc_tensor,
     encode_store_header,
     encode_tensor_ref,
     encode_worker_preamble,
     merge_extents,
-    request_prefix_len,
-    tunnel_prefix_len,
 )
 
 
@@ -102,6 +106,10 @@ def test_set_tensor_head() -> None:
     head = decode_set_tensor_head(set_head(cache_flag=1, offset=4096))
     assert head.tensor.name == b"blk.0.attn_q.weight"
     assert (head.cache_flag, head.offset) == (1, 4096)
+    assert set_tensor_name(set_head(cache_flag=1, offset=4096)) == b"blk.0.attn_q.weight"
+    assert set_tensor_offset(set_head(cache_flag=1, offset=4096)) == 4096
+    long_name = tensor(name=b"n" * 70)
+    assert set_tensor_name(set_head(long_name)) == b"n" * 63  # GGML_MAX_NAME - 1
     with pytest.raises(RpcCodecError):
         decode_set_tensor_head(b"\0" * 100)
     with pytest.raises(RpcCodecError):
