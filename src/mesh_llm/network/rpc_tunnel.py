@@ -224,6 +224,9 @@ class RpcTunnelHost:
             message = str(exc) or type(exc).__name__
             self.stats.last_error = message
             log.warning("rpc tunnel to %s closed: %s", self.label, message)
+        except Exception as exc:  # root of a connection task: log, never leak
+            self.stats.last_error = f"internal error: {exc!r}"
+            log.exception("rpc tunnel to %s failed", self.label)
         finally:
             self.stats.active -= 1
             self._tasks.discard(task)
