@@ -166,8 +166,9 @@ def test_kill9_worker_host_recovers_then_split_reforms(pair: Pair) -> None:
     with pytest.raises(urllib.error.HTTPError) as info:
         completion(host.api_port)
     assert info.value.code == 503
-    # The worker comes back: the split re-forms.
-    revived = MeshNode(worker.name + "2", worker.home, worker.args).start()
+    # The worker comes back (same identity, joining the host): the split re-forms.
+    args = [*worker.args, "--join", host.status()["token"]]
+    revived = MeshNode(worker.name + "2", worker.home, args).start()
     if worker is pair.b:
         pair.b = revived
     else:

@@ -135,6 +135,7 @@ def llama_server_argv(
     parallel: int = DEFAULT_PARALLEL,
     rpc: Sequence[str] = (),
     tensor_split: str | None = None,
+    gpu_layers: int | None = None,
     chat_template_file: Path | None = None,
     embeddings: bool = False,
     pooling: str | None = None,
@@ -145,7 +146,8 @@ def llama_server_argv(
     """The llama-server command line.
 
     Bound to 127.0.0.1 only (remote access goes through the mesh). ``-ngl 99`` only with a GPU
-    backend. ``--parallel`` slots with a unified KV cache, so concurrent streams share the context
+    backend, unless ``gpu_layers`` says how many layers to offload (a CPU host of a split).
+    ``--parallel`` slots with a unified KV cache, so concurrent streams share the context
     instead of each getting ``ctx/parallel``. ``batch_size`` sets both the logical and the
     physical batch (embedding servers need an input in one micro-batch); ``pooling`` overrides
     the model's pooling type (``mean`` makes a chat model answer ``/v1/embeddings``).
@@ -160,10 +162,12 @@ def llama_server_argv(
     ]  # fmt: skip
     if features.kv_unified:
         argv.append("--kv-unified")
-    if gpu:
+    if gpu_layers is not None:
+        argv += ["-ngl", str(gpu_layers)]
+    elif gpu:
         argv += ["-ngl", "99"]
-        if features.flash_attn_on_off:
-            argv += ["-fa", "on"]
+    if gpu and features.flash_attn_on_off:
+        argv += ["-fa", "on"]
     if rpc:
         argv += ["--rpc", ",".join(rpc)]
         if tensor_split:

@@ -18,6 +18,7 @@ __all__ = [
     "Member",
     "Plan",
     "PlanKind",
+    "cpu_host_offload",
     "fits_solo",
     "plan_model",
     "tensor_split",
@@ -152,3 +153,14 @@ def plan_model(
         reason=f"hosting with {len(chosen)} worker(s), split {split}",
         excluded=tuple(excluded),
     )
+
+
+def cpu_host_offload(layers: int, split: str | None) -> int:
+    """Layers a CPU host offloads to its RPC workers.
+
+    On a CPU build the RPC devices are the only offload targets, so ``--tensor-split`` cannot keep
+    layers on the host: ``-ngl`` does. The workers get their share of the ``layers + 1`` offloadable
+    layers (the output layer counts as one); the host's share is the split's last value.
+    """
+    host_share = float(split.rsplit(",", 1)[-1]) if split else 0.0
+    return max(1, round((layers + 1) * (1.0 - host_share)))

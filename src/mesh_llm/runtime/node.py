@@ -38,6 +38,7 @@ from mesh_llm.inference import (
     PlanKind,
     ServerFeatures,
     choose_ctx_size,
+    cpu_host_offload,
     ensure_backend,
     fits_solo,
     is_embedding_model,
@@ -451,24 +452,27 @@ class Node:
                 log_path: Path = log_path,
                 template: Path | None = template,
                 dedicated: bool = dedicated,
+                layers: int = info.block_count or 0,
             ) -> LaunchSpec:
                 argv = llama_server_argv(
                     binaries.llama_server,
                     model.path,
                     port=port,
                     ctx_size=ctx,
-                    gpu=gpu or bool(rpc),
+                    gpu=gpu,
                     features=features,
                     parallel=self.config.parallel,
                     rpc=rpc,
                     tensor_split=split,
+                    gpu_layers=None if gpu or not rpc else cpu_host_offload(layers, split),
                     chat_template_file=template,
                     embeddings=dedicated,
                     batch_size=min(ctx, EMBEDDING_BATCH) if dedicated else None,
                     alias=model.name,
                     extra=self.config.extra_llama_args,
                 )
-                return LaunchSpec(model.name, tuple(argv), port, log_path)
+                env = {"GGML_RPC_NO_RDMA": "1"} if rpc else {}
+                return LaunchSpec(model.name, tuple(argv), port, log_path, env)
 
             runner: ModelRunner
             if solo:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from pathlib import Path
@@ -48,7 +49,8 @@ class RpcLink:
         self._model_paths = model_paths
         self._sources: WorkerSources | None = None
         self._service: MeshService | None = None
-        self._hosts: dict[bytes, RpcTunnelHost] = {}
+        self._hosts: dict[tuple[bytes, Path], RpcTunnelHost] = {}
+        self._store: RpcStore | None = None
         self.stats: dict[bytes, RpcTunnelStats] = {}
         self.error: str | None = None
 
@@ -65,8 +67,9 @@ class RpcLink:
             self.error = str(exc)
             log.warning("rpc-server did not start, this node cannot lend its memory: %s", exc)
             return
-        store = RpcStore(cache_dir() / "rpc-store")
-        self._sources = WorkerSources(files=local_weight_files(self._model_paths), store=store)
+        self._store = RpcStore(cache_dir() / "rpc-store")
+        files = await asyncio.to_thread(local_weight_files, self._model_paths)
+        self._sources = WorkerSources(files=files, store=self._store)
         service.rpc_handler = self._serve
 
     async def _serve(self, peer: bytes, stream: BiStream) -> None:
@@ -82,24 +85,23 @@ class RpcLink:
         service = self._service
         if service is None:
             raise TransportError("the mesh is not running")
-        host = self._hosts.get(peer)
+        host = self._hosts.get((peer, model_path))
         if host is None:
 
             async def open_stream() -> BiStream:
                 return await service.open_stream(peer, StreamType.TUNNEL_RPC)
 
             stats = self.stats.setdefault(peer, RpcTunnelStats())
-            host = RpcTunnelHost(
-                open_stream, host_weights(model_path), label=peer[:5].hex(), stats=stats
-            )
+            weights = await asyncio.to_thread(host_weights, model_path)
+            host = RpcTunnelHost(open_stream, weights, label=peer[:5].hex(), stats=stats)
             await host.start()
-            self._hosts[peer] = host
+            self._hosts[(peer, model_path)] = host
         return host.endpoint
 
     async def release(self, keep: set[bytes]) -> None:
         """Close the host-side tunnels to workers not in ``keep``."""
-        for peer in [p for p in self._hosts if p not in keep]:
-            host = self._hosts.pop(peer)
+        for key in [k for k in self._hosts if k[0] not in keep]:
+            host = self._hosts.pop(key)
             with contextlib.suppress(MeshLlmError, OSError):
                 await host.aclose()
 
@@ -115,3 +117,6 @@ class RpcLink:
     async def stop(self) -> None:
         await self.release(set())
         await self._server.stop()
+        if self._store is not None:
+            self._store.close()
+            self._store = None

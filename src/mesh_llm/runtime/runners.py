@@ -207,6 +207,9 @@ class SplitRunner(ModelRunner):
             crashed = self.supervisor is not None and self.supervisor.state is ServerState.FAILED
             if crashed or not self._same(self.plan, plan):
                 await self._apply(plan)
+            elif plan != self.plan:
+                self.plan = plan  # same placement; the reasons or exclusions changed
+                self._on_change()
             self._poke.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._timing.replan_s):

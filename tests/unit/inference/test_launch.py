@@ -107,3 +107,20 @@ def test_argv_embedding_sidecar() -> None:
 )
 def test_is_embedding_model(arch: str, pooling: int | None, catalog: bool, expected: bool) -> None:
     assert is_embedding_model(arch, pooling, catalog_embedding=catalog) is expected
+
+
+def test_cpu_split_host_offloads_the_workers_share_of_layers() -> None:
+    argv = llama_server_argv(
+        Path("/b/llama-server"), Path("/m.gguf"), port=1, ctx_size=4096, gpu=False,
+        features=ServerFeatures(), rpc=["127.0.0.1:7001"], tensor_split="0.50,0.50", gpu_layers=16,
+    )  # fmt: skip
+    assert argv[argv.index("-ngl") + 1] == "16"
+
+
+def test_cpu_host_offload_counts() -> None:
+    from mesh_llm.inference import cpu_host_offload
+
+    assert cpu_host_offload(30, "0.50,0.50") == 16  # 31 offloadable layers, half of them
+    assert cpu_host_offload(30, "0.25,0.25,0.50") == 16
+    assert cpu_host_offload(30, "0.67,0.33") == 21
+    assert cpu_host_offload(30, None) == 31
