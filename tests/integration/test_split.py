@@ -198,15 +198,19 @@ def test_a_peer_beyond_the_rtt_cap_is_left_out(tmp_path: Path) -> None:
                           "--no-relay", "--bind-ip", ns.ns_ip, "--ctx-size", "2048"]  # fmt: skip
                 b = MeshNode("B", tmp_path / "B", b_args, prefix=ns.prefix()).start()
                 try:
-                    wait_for(lambda: a.status()["peers"], 60, "B to join A through the relay")
-                    peer = a.status()["peers"][0]
-                    wait_for(lambda: (a.status()["peers"][0]["rtt_ms"] or 0) > 80, 30, "RTT > 80")
-                    time.sleep(3)  # let the election settle with the measured RTT
+                    peers = wait_for(lambda: a.status()["peers"], 60, "B to join A via the relay")
+                    b_id = peers[0]["id"]
+
+                    def slow() -> bool:
+                        rows = [p for p in a.status()["peers"] if p["id"] == b_id]
+                        return bool(rows) and (rows[0]["rtt_ms"] or 0) > 80
+
+                    wait_for(slow, 30, "A to measure an RTT above 80 ms to B")
 
                     def excluded() -> bool:
                         info = split_info(a)
                         return info.get("role") == "wait" and any(
-                            e["id"] == peer["id"] and "RTT" in e["reason"]
+                            e["id"] == b_id and "RTT" in e["reason"]
                             for e in info.get("excluded", [])
                         )
 
