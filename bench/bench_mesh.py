@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
-from streamclient import StreamResult, chat_body, median, stream_chat  # noqa: E402
+from streamclient import chat_body, compare_paths, stream_chat  # noqa: E402
 from synth_model import write_synthetic_llama  # noqa: E402
 
 from tests.integration.harness import MeshNode, http_json, smollm_path, wait_for  # noqa: E402
@@ -40,31 +40,15 @@ async def tunnel_vs_direct(
     host: MeshNode, client: MeshNode, model: str, rounds: int, n: int
 ) -> dict[str, object]:
     direct_port = int(http_json(f"{host.console}/api/runtime")["models"][0]["port"])
-    body = chat_body(model, PROMPT, n)
-    for _ in range(2):
-        await stream_chat(direct_port, body)
-        await stream_chat(client.api_port, body)
-    direct: list[StreamResult] = []
-    tunnel: list[StreamResult] = []
-    for i in range(rounds):
-        order = [(direct_port, direct), (client.api_port, tunnel)]
-        if i % 2:
-            order.reverse()
-        for port, sink in order:
-            sink.append(await stream_chat(port, body))
-    d_tps, t_tps = median([r.tok_per_s for r in direct]), median([r.tok_per_s for r in tunnel])
-    d_ttft, t_ttft = (
-        median([r.ttft_s for r in direct]) * 1e3,
-        median([r.ttft_s for r in tunnel]) * 1e3,
-    )
+    m = await compare_paths(direct_port, client.api_port, chat_body(model, PROMPT, n), rounds)
     return {
         "model": model,
-        "direct_tok_s": round(d_tps, 1),
-        "tunnel_tok_s": round(t_tps, 1),
-        "tok_s_ratio": round(t_tps / d_tps, 3),
-        "direct_ttft_ms": round(d_ttft, 2),
-        "tunnel_ttft_ms": round(t_ttft, 2),
-        "ttft_added_ms": round(t_ttft - d_ttft, 2),
+        "direct_tok_s": m["baseline_tok_s"],
+        "tunnel_tok_s": m["other_tok_s"],
+        "tok_s_ratio": m["tok_s_ratio"],
+        "direct_ttft_ms": m["baseline_ttft_ms"],
+        "tunnel_ttft_ms": m["other_ttft_ms"],
+        "ttft_added_ms": m["ttft_added_ms"],
     }
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
-from streamclient import StreamResult, chat_body, median, stream_chat  # noqa: E402
+from streamclient import chat_body, compare_paths  # noqa: E402
 from synth_model import write_synthetic_llama  # noqa: E402
 
 from tests.integration.harness import MeshNode, http_json, smollm_path, wait_for  # noqa: E402
@@ -31,38 +31,21 @@ from tests.integration.harness import MeshNode, http_json, smollm_path, wait_for
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 
 
-async def measure(port: int, model: str, max_tokens: int) -> StreamResult:
-    return await stream_chat(port, chat_body(model, PROMPT, max_tokens))
-
-
 async def compare(node: MeshNode, model: str, rounds: int, max_tokens: int) -> dict[str, object]:
     runtime = http_json(f"{node.console}/api/runtime")
     direct_port = int(runtime["models"][0]["port"])
-    for _ in range(2):  # warm-up: prompt cache, page cache, JIT paths in the proxy
-        await measure(direct_port, model, max_tokens)
-        await measure(node.api_port, model, max_tokens)
-    direct: list[StreamResult] = []
-    proxied: list[StreamResult] = []
-    for i in range(rounds):
-        order = [(direct_port, direct), (node.api_port, proxied)]
-        if i % 2:
-            order.reverse()
-        for port, sink in order:
-            sink.append(await measure(port, model, max_tokens))
-    d_tps = median([r.tok_per_s for r in direct])
-    p_tps = median([r.tok_per_s for r in proxied])
-    d_ttft = median([r.ttft_s for r in direct]) * 1000
-    p_ttft = median([r.ttft_s for r in proxied]) * 1000
+    body = chat_body(model, PROMPT, max_tokens)
+    m = await compare_paths(direct_port, node.api_port, body, rounds)
     return {
         "model": model,
         "rounds": rounds,
         "max_tokens": max_tokens,
-        "direct_tok_s": round(d_tps, 1),
-        "proxy_tok_s": round(p_tps, 1),
-        "tok_s_ratio": round(p_tps / d_tps, 3),
-        "direct_ttft_ms": round(d_ttft, 2),
-        "proxy_ttft_ms": round(p_ttft, 2),
-        "ttft_added_ms": round(p_ttft - d_ttft, 2),
+        "direct_tok_s": m["baseline_tok_s"],
+        "proxy_tok_s": m["other_tok_s"],
+        "tok_s_ratio": m["tok_s_ratio"],
+        "direct_ttft_ms": m["baseline_ttft_ms"],
+        "proxy_ttft_ms": m["other_ttft_ms"],
+        "ttft_added_ms": m["ttft_added_ms"],
     }
 
 

@@ -69,3 +69,32 @@ async def stream_chat(port: int, body: bytes, host: str = "127.0.0.1") -> Stream
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+async def compare_paths(
+    baseline_port: int, other_port: int, body: bytes, rounds: int, warmup: int = 2
+) -> dict[str, float]:
+    """Stream the same request through two paths, interleaved (alternating which goes first),
+    and return the medians: tok/s and time to first token of each, their ratio and difference."""
+    for _ in range(warmup):
+        await stream_chat(baseline_port, body)
+        await stream_chat(other_port, body)
+    base: list[StreamResult] = []
+    other: list[StreamResult] = []
+    for i in range(rounds):
+        order = [(baseline_port, base), (other_port, other)]
+        if i % 2:
+            order.reverse()
+        for port, sink in order:
+            sink.append(await stream_chat(port, body))
+    b_tps, o_tps = median([r.tok_per_s for r in base]), median([r.tok_per_s for r in other])
+    b_ttft = median([r.ttft_s for r in base]) * 1000
+    o_ttft = median([r.ttft_s for r in other]) * 1000
+    return {
+        "baseline_tok_s": round(b_tps, 1),
+        "other_tok_s": round(o_tps, 1),
+        "tok_s_ratio": round(o_tps / b_tps, 3),
+        "baseline_ttft_ms": round(b_ttft, 2),
+        "other_ttft_ms": round(o_ttft, 2),
+        "ttft_added_ms": round(o_ttft - b_ttft, 2),
+    }

@@ -82,10 +82,14 @@ class MeshNode:
     def start(self) -> MeshNode:
         self.home.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "MESH_LLM_HOME": str(self.home), **self.env}
+        # Tests stay offline: never iroh's public relays, QUIC on loopback unless told otherwise.
+        offline = [] if "--no-relay" in self.args else ["--no-relay"]
+        if "--bind-ip" not in self.args:
+            offline += ["--bind-ip", "127.0.0.1"]
         argv = [
             *self.prefix, sys.executable, "-m", "mesh_llm",
             "--port", str(self.api_port), "--console", str(self.console_port),
-            *self.args,
+            *self.args, *offline,
         ]  # fmt: skip
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
