@@ -35,7 +35,6 @@ from mesh_llm.inference import (
     Member,
     PidRegistry,
     Plan,
-    PlanKind,
     ServerFeatures,
     choose_ctx_size,
     cpu_host_offload,
@@ -63,6 +62,7 @@ from mesh_llm.network import (
 )
 from mesh_llm.protocol import NodeRole, PeerAnnouncement
 from mesh_llm.protocol import ServedModel as WireServedModel
+from mesh_llm.runtime import status as status_json
 from mesh_llm.runtime.config import NodeConfig
 from mesh_llm.runtime.mesh_link import MeshLink
 from mesh_llm.runtime.rpc_link import RpcLink
@@ -181,31 +181,13 @@ class Node:
             targets=targets, serving=bool(targets), embedding_targets=embedding_targets
         )
 
-    def models_listing(self) -> list[dict[str, object]]:
-        """Every model the mesh can answer right now (local ones first)."""
-        listing: list[dict[str, object]] = []
-        for name, candidates in self.routing_snapshot().targets.items():
-            if not candidates:
-                continue
-            listing.append(
-                {
-                    "id": name,
-                    "object": "model",
-                    "created": int(self.started_at),
-                    "owned_by": "mesh-llm",
-                    "display_name": name,
-                    "capabilities": ["text"],
-                    "multimodal_status": "none",
-                    "vision_status": "none",
-                    "audio_status": "none",
-                    "reasoning_status": "none",
-                    "context_length": candidates[0].context_length,
-                    "node_count": len(candidates),
-                }
-            )
-        return listing
-
     # --------------------------------------------------------------------------------- status
+
+    def models_listing(self) -> list[dict[str, object]]:
+        return status_json.models_listing(self)
+
+    def status(self) -> dict[str, object]:
+        return status_json.status(self)
 
     def _changed(self) -> None:
         """Local state changed: refresh the event stream and re-announce ourselves."""
@@ -290,108 +272,8 @@ class Node:
             raise TransportError("this node runs no RPC tunnels")
         return await self.rpc.endpoint(peer, model_path)
 
-    def _rpc_status(self) -> dict[str, object] | None:
+    def rpc_status(self) -> dict[str, object] | None:
         return self.rpc.status() if self.rpc is not None else None
-
-    def node_status(self) -> str:
-        if self.config.client:
-            return "Client"
-        split = [m for m in self.models if isinstance(m, SplitRunner) and m.plan is not None]
-        if any(m.ready for m in self.models):
-            return "Serving (split)" if any(m.ready for m in split) else "Serving"
-        if any(m.plan is not None and m.plan.kind is PlanKind.WORKER for m in split):
-            return "Worker (split)"
-        if self.models:
-            return "Starting"
-        return "Standby" if self.mesh is not None and self.mesh.bootstrap else "Idle"
-
-    def status(self) -> dict[str, object]:
-        survey = self.survey
-        primary = self.models[0] if self.models else None
-        ready = [m.name for m in self.models if m.ready]
-        binaries = self.binaries
-        return {
-            "version": __version__,
-            "node_id": self.mesh.node_id[:10] if self.mesh and self.mesh.node_id else None,
-            "node_id_full": self.mesh.node_id if self.mesh else None,
-            "token": self.mesh.token if self.mesh else None,
-            "mesh_id": self.mesh.membership.mesh_id if self.mesh and self.mesh.membership else None,
-            "node_status": self.node_status(),
-            "is_host": bool(ready),
-            "is_client": self.config.client,
-            "llama_ready": bool(ready),
-            "model_name": primary.name if primary else None,
-            "models": [m.name for m in self.models],
-            "available_models": [m.name for m in self.models],
-            "requested_models": list(self.config.models),
-            "serving_models": [m.name for m in self.models],
-            "hosted_models": ready,
-            "api_port": self._api_port,
-            "console_port": self.console.port if self.console else self.config.console_port,
-            "my_vram_gb": round(self.capacity / GB, 2),
-            "model_size_gb": round(primary.info.file_size / GB, 3) if primary else 0.0,
-            "peers": self.mesh.peers_status() if self.mesh else [],
-            "mesh_models": [m["id"] for m in self.models_listing()],
-            "inflight_requests": self.ingress.inflight if self.ingress else 0,
-            "requests_total": self.ingress.requests_total if self.ingress else 0,
-            "my_hostname": survey.hostname if survey else None,
-            "my_is_soc": survey.is_soc if survey else False,
-            "gpus": [{"name": g.name, "vram_bytes": g.vram_bytes} for g in survey.gpus]
-            if survey
-            else [],
-            "llama_cpp": {
-                "commit": binaries.commit,
-                "backend": binaries.backend.value if binaries.backend else None,
-                "build_id": binaries.build_id,
-                "llama_server": str(binaries.llama_server),
-            }
-            if binaries
-            else None,
-            "local_models": [
-                {**m.status(), "role": self._role(m)} for m in [*self.models, *self.embedders]
-            ],
-            "rpc_server": self._rpc_status(),
-            "uptime_secs": int(time.time() - self.started_at),
-        }
-
-    def runtime_models(self) -> dict[str, object]:
-        return {
-            "models": [
-                {
-                    "name": m.name,
-                    "backend": "llama",
-                    "status": "ready"
-                    if m.ready
-                    else "starting"
-                    if m.state in ("starting", "restarting")
-                    else m.state,
-                    "port": m.port,
-                }
-                for m in self.models
-            ]
-        }
-
-    def runtime_processes(self) -> dict[str, object]:
-        return {
-            "processes": [
-                {
-                    "name": m.name,
-                    "role": self._role(m),
-                    "backend": "llama",
-                    "status": m.state,
-                    "port": m.port,
-                    "pid": m.pid,
-                }
-                for m in [*self.models, *self.embedders]
-                if m.pid is not None
-            ]
-        }
-
-    def _role(self, runner: ModelRunner) -> str:
-        """``chat``, or ``embeddings`` for an embedding model or a chat model's sidecar."""
-        if runner in self.embedders or runner.name in self._embedding_models:
-            return "embeddings"
-        return "chat"
 
     # -------------------------------------------------------------------------------- startup
 
@@ -617,8 +499,8 @@ class Node:
             host=self.config.bind_host,
             port=self.config.console_port,
             status=self.status,
-            runtime_models=self.runtime_models,
-            runtime_processes=self.runtime_processes,
+            runtime_models=functools.partial(status_json.runtime_models, self),
+            runtime_processes=functools.partial(status_json.runtime_processes, self),
             hub=self.hub,
         )
         await self.ingress.start()
