@@ -50,8 +50,12 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 
 
 def http_json(url: str, timeout: float = 5.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        return json.loads(resp.read())
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        exc.close()  # an error response holds its socket until closed
+        raise
 
 
 @dataclass

@@ -98,6 +98,9 @@ class LlamaServer:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
                 return bool(r.status == 200)
+        except urllib.error.HTTPError as exc:
+            exc.close()  # 503 while loading: the error response holds its socket
+            return False
         except (OSError, urllib.error.URLError):
             return False
 

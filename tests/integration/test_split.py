@@ -45,8 +45,12 @@ def completion(port: int, path: str = "/v1/completions") -> str:
     req = urllib.request.Request(
         f"http://127.0.0.1:{port}{path}", body, {"Content-Type": "application/json"}
     )
-    with urllib.request.urlopen(req, timeout=120) as resp:
-        text: str = json.loads(resp.read())["choices"][0]["text"]
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            text: str = json.loads(resp.read())["choices"][0]["text"]
+    except urllib.error.HTTPError as exc:
+        exc.close()  # an error response holds its socket until closed
+        raise
     return text
 
 
