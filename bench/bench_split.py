@@ -96,10 +96,16 @@ def main() -> None:
     started: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmp:
         work = Path(tmp)
-        host, worker = start_pair(work, "file", ["--model", MODEL], {})
+        first, second = start_pair(work, "file", ["--model", MODEL], {})
+        host, worker = first, second
         try:
             t0 = time.monotonic()
-            wait_for(lambda: MODEL in host.model_ids() and split_role(host) == "host", 300, "split")
+            # Both declare the model: the election (capacity, then id) decides who hosts.
+            wait_for(lambda: {split_role(first), split_role(second)} == {"host", "worker"}, 300,
+                     "a host and a worker")  # fmt: skip
+            if split_role(second) == "host":
+                host, worker = second, first
+            wait_for(lambda: MODEL in host.model_ids(), 300, "the split host to serve")
             result["with_file_load_s"] = round(time.monotonic() - t0, 2)
             result["with_file_load_bytes"] = tunnel_stats(host).get("bytes_sent")
             mesh_port = int(http_json(f"{host.console}/api/runtime")["models"][0]["port"])
