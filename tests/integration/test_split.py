@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from mesh_llm.inference import locate_backend
@@ -225,3 +226,17 @@ def test_a_peer_beyond_the_rtt_cap_is_left_out(tmp_path: Path) -> None:
                 relay.close()
     finally:
         a.stop()
+
+
+def test_split_nodes_shut_down_cleanly(pair: Pair) -> None:
+    """Ctrl-C on a split host and worker: both exit 0 promptly and leave no llama.cpp child."""
+    nodes = [n for n in (pair.a, pair.b) if n is not None]
+    children = [c for n in nodes for c in n.children()]
+    assert any("rpc-server" in c.name() for c in children)
+    for node in nodes:
+        node.signal(signal.SIGINT)
+    for node in nodes:
+        assert node.proc is not None
+        assert node.proc.wait(timeout=15) == 0, node.log_tail()
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, alive

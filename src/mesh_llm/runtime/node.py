@@ -535,13 +535,16 @@ class Node:
             async with asyncio.TaskGroup() as group:
                 mesh_task = group.create_task(self.mesh.run())
                 self._changed()
-                for model in [*self.models, *self.embedders]:
-                    group.create_task(model.run())
-                group.create_task(self._announce_ready())
+                tasks = [mesh_task]
+                tasks += [group.create_task(m.run()) for m in [*self.models, *self.embedders]]
+                tasks.append(group.create_task(self._announce_ready()))
                 await self._stop.wait()
                 self._out("mesh-llm: shutting down")
                 await self._shutdown()
-                mesh_task.cancel()
+                # Split runners and the ready announcer loop until cancelled; the group must not
+                # wait for them.
+                for task in tasks:
+                    task.cancel()
         finally:
             await self._close_servers()
         return 0
