@@ -238,5 +238,5 @@ def test_split_nodes_shut_down_cleanly(pair: Pair) -> None:
     for node in nodes:
         assert node.proc is not None
         assert node.proc.wait(timeout=15) == 0, node.log_tail()
-    gone, alive = psutil.wait_procs(children, timeout=10)
+    _, alive = psutil.wait_procs(children, timeout=10)
     assert not alive, alive
