@@ -117,6 +117,7 @@ def main() -> None:
             tokens = (args.rounds + 2) * args.max_tokens
             result["tok_s"] = m
             result["round_trips_per_token"] = round(trips / tokens, 2)
+            print(json.dumps(result, indent=2), flush=True)
         finally:
             for proc in started:
                 proc.terminate()
@@ -126,7 +127,10 @@ def main() -> None:
         # A worker without the model: the first load sends the weights, a reload reads its store.
         bins = locate_backend()
         env = {"MESH_LLM_CACHE": str(work / "worker-cache")}
-        host, worker = start_pair(work, "store", ["--bin-dir", str(bins.llama_server.parent)], env)
+        host = MeshNode("host-store", work / "host-store", ["--model", MODEL, *ARGS]).start()
+        token = wait_for(lambda: host.status()["token"], 30, "host token")
+        worker_args = ["--join", token, "--bin-dir", str(bins.llama_server.parent), *ARGS]
+        worker = MeshNode("worker-store", work / "worker-store", worker_args, env=env).start()
         try:
             wait_for(lambda: MODEL in host.model_ids(), 300, "split with an empty worker")
             result["no_file_first_load_bytes"] = tunnel_stats(host).get("bytes_sent")
