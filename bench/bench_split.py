@@ -135,7 +135,9 @@ def main() -> None:
             wait_for(lambda: MODEL in host.model_ids(), 300, "split with an empty worker")
             result["no_file_first_load_bytes"] = tunnel_stats(host).get("bytes_sent")
             host.stop()
-            host = MeshNode(host.name + "-again", host.home, host.args).start()
+            worker_token = worker.status()["token"]
+            again = [*host.args, "--join", worker_token]
+            host = MeshNode(host.name + "-again", host.home, again).start()
             wait_for(lambda: MODEL in host.model_ids(), 300, "split after a host restart")
             result["no_file_second_load_bytes"] = tunnel_stats(host).get("bytes_sent")
         finally:
