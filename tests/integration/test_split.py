@@ -240,3 +240,36 @@ def test_split_nodes_shut_down_cleanly(pair: Pair) -> None:
         assert node.proc.wait(timeout=15) == 0, node.log_tail()
     _, alive = psutil.wait_procs(children, timeout=10)
     assert not alive, alive
+
+
+def test_worker_without_the_file_is_sent_the_weights_once(tmp_path: Path) -> None:
+    """An idle worker (no model) gets the weights on the first load and keeps them in its store:
+    after the host restarts, the second load sends under 5% of the model."""
+    bins = locate_backend()
+    model_bytes = smollm_path().stat().st_size
+    host = MeshNode("H", tmp_path / "H", ["--model", MODEL, "--max-vram", "0.07", *MESH]).start()
+    worker: MeshNode | None = None
+    try:
+        token = wait_for(lambda: host.status()["token"], 30, "H's token")
+        worker_args = ["--join", token, "--max-vram", "0.07",
+                       "--bin-dir", str(bins.llama_server.parent), *MESH]  # fmt: skip
+        worker = MeshNode("W", tmp_path / "W", worker_args,
+                          env={"MESH_LLM_CACHE": str(tmp_path / "W-cache")}).start()  # fmt: skip
+        host.wait_models({MODEL}, timeout=180)
+
+        def sent(node: MeshNode) -> int:
+            tunnels = node.status()["rpc_server"]["tunnels"]
+            return int(sum(t["bytes_sent"] for t in tunnels.values()))
+
+        assert sent(host) > 0.3 * model_bytes  # the first load carried the worker's layers
+        expected = completion(host.api_port)
+        host.stop()
+        again = [*host.args, "--join", worker.status()["token"]]
+        host = MeshNode("H2", tmp_path / "H", again).start()
+        host.wait_models({MODEL}, timeout=180)
+        assert sent(host) < 0.05 * model_bytes
+        assert completion(host.api_port) == expected
+    finally:
+        host.stop()
+        if worker is not None:
+            worker.stop()
