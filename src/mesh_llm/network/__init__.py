@@ -2,8 +2,6 @@
 
 from mesh_llm.network.ingress import (
     Ingress,
-    UpstreamStream,
-    connect_local,
     render_api_error,
     render_openai_error,
 )
@@ -32,6 +30,7 @@ from mesh_llm.network.transport import (
     generate_key,
     load_or_create_key,
 )
+from mesh_llm.network.upstream import UpstreamStream, connect_local
 
 __all__: list[str] = [
     "EMBEDDING_PATHS",
