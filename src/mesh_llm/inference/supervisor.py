@@ -141,7 +141,8 @@ class ServerSupervisor:
             started = time.monotonic()
             try:
                 await self._start_once()
-                code = await self._await_exit_or_stop()
+                assert self._child is not None
+                code = await self._child.wait()
             except ProcessError as exc:
                 code = None
                 self.last_error = str(exc)
@@ -203,10 +204,6 @@ class ServerSupervisor:
             "%s: llama-server ready on 127.0.0.1:%d (pid %s)", self.name, port, self._child.pid
         )
         self._set(ServerState.READY)
-
-    async def _await_exit_or_stop(self) -> int | None:
-        assert self._child is not None
-        return await self._child.wait()
 
     async def stop(self) -> None:
         self._stopping = True
