@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mesh_llm.errors import ConfigError, ProtocolError
-from mesh_llm.mesh import Membership, MeshService, Timing
+from mesh_llm.mesh import Membership, MeshService, SendGossip, Timing
 from mesh_llm.network import Target, Transport, generate_key, load_or_create_key
 from mesh_llm.protocol import (
     EndpointAddrInfo,
@@ -156,6 +156,19 @@ class MeshLink:
         if self.membership is None or self.service is None:
             return
         self.service.apply(self.membership.update_self(announcement, time.monotonic()))
+
+    def refresh_after_failure(self, peer_hex: str | None) -> None:
+        """A routing target failed: gossip with one peer in the background so the view catches
+        up (spec surface.md §2 step 8) — the failed peer itself when we still hold a connection
+        to it (its gossip tells whether it still hosts), otherwise any connected member."""
+        membership, service = self.membership, self.service
+        if membership is None or service is None:
+            return
+        candidates = [p for p in membership.peer_ids() if service.is_connected(p)]
+        failed = bytes.fromhex(peer_hex) if peer_hex else None
+        peer = failed if failed in candidates else (candidates[0] if candidates else None)
+        if peer is not None:
+            service.apply([SendGossip(peer, discover=False)])
 
     def record_request(self, model: str) -> None:
         if self.membership is not None:

@@ -592,6 +592,8 @@ class Node:
 
     def _on_target_failed(self, target: Target) -> None:
         log.info("target %s for %s failed", target.key, target.model)
+        if self.mesh is not None:
+            self.mesh.refresh_after_failure(target.peer_id)
 
     async def _shutdown(self) -> None:
         """Stop accepting, cancel client streams, announce leaving, stop children."""
