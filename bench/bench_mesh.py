@@ -46,6 +46,7 @@ async def tunnel_vs_direct(
         "direct_tok_s": m["baseline_tok_s"],
         "tunnel_tok_s": m["other_tok_s"],
         "tok_s_ratio": m["tok_s_ratio"],
+        "ratio_of_medians": m["ratio_of_medians"],
         "direct_ttft_ms": m["baseline_ttft_ms"],
         "tunnel_ttft_ms": m["other_ttft_ms"],
         "ttft_added_ms": m["ttft_added_ms"],

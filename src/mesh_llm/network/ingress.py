@@ -357,18 +357,6 @@ class Ingress:
         await _close_upstream(upstream)
         return None
 
-    @staticmethod
-    def _sink(conn: _Connection, tracker: ChunkedTracker | None) -> Callable[[bytes], None]:
-        """Where a spliced upstream's chunks go: the client socket (after the framing tracker)."""
-        transport = conn.writer.transport
-
-        def sink(chunk: bytes) -> None:
-            if tracker is not None:
-                tracker.feed(chunk)
-            transport.write(chunk)
-
-        return sink
-
     async def _relay(
         self, conn: _Connection, upstream: UpstreamStream, first: bytes, model: str, path: str
     ) -> None:
@@ -395,7 +383,7 @@ class Ingress:
                     tracker.feed(first[body_at:])
                 await conn.send(first[:cut] + extra + first[cut:])
             if isinstance(upstream, TcpUpstream) and rewriter is None:
-                await upstream.splice(self._sink(conn, tracker), conn.writer.transport)
+                await upstream.relay(conn.writer.transport, _observer(tracker))
             else:
                 while chunk := await upstream.read(READ_SIZE):
                     if rewriter is not None:
@@ -467,6 +455,14 @@ async def _read_decision(upstream: UpstreamStream, *, check_overflow: bool) -> b
         if is_context_overflow_400(head.status, body):
             raise _ContextOverflowError
         return bytes(buf)
+
+
+def _observer(tracker: ChunkedTracker | None) -> Callable[[bytes], None]:
+    return tracker.feed if tracker is not None else _ignore
+
+
+def _ignore(_: bytes) -> None:
+    pass
 
 
 async def _close_upstream(upstream: UpstreamStream | None) -> None:

@@ -55,6 +55,10 @@ class ChunkedTracker:
 
     def feed(self, data: bytes) -> None:
         i, n = 0, len(data)
+        if self._state is _State.SIZE and not self._line and self._sink is None:
+            i = _skip_whole_chunks(data)
+            if i == n:
+                return
         while i < n:
             state = self._state
             if state is _State.DATA or state is _State.DATA_END:
@@ -95,6 +99,29 @@ class ChunkedTracker:
             self._state = _State.TRAILER
         else:
             self._state, self._remaining = _State.DATA, size
+
+
+def _skip_whole_chunks(data: bytes) -> int:
+    """How many leading bytes of ``data`` are whole, well-formed data chunks: the common case
+    of a relayed event stream (one token, one chunk, one read), checked with one search and one
+    parse per chunk. The general state machine takes whatever follows."""
+    at, n = 0, len(data)
+    while at < n:
+        eol = data.find(b"\r\n", at, at + 18)
+        if eol < 0:
+            return at
+        digits = data[at:eol]
+        if not digits.isalnum():  # extensions, whitespace, signs: the general path
+            return at
+        try:
+            size = int(digits, 16)
+        except ValueError:
+            return at
+        end = eol + 2 + size
+        if size == 0 or end + 2 > n or data[end : end + 2] != b"\r\n":
+            return at
+        at = end + 2
+    return at
 
 
 def stream_error_tail(path: str, message: str) -> bytes:

@@ -286,6 +286,30 @@ async def test_streaming_arrives_incrementally() -> None:
         assert seen.endswith(b"data: last\n\n\r\n0\r\n\r\n")
 
 
+async def test_a_large_stream_to_a_slow_reader_arrives_whole_and_in_order() -> None:
+    # 8 MiB of events, far more than the socket buffers: the relay must wait for the client
+    # (it writes from a thread of its own) without losing, reordering or duplicating a byte.
+    events = [b"%08d" % i + os.urandom(2_000).hex().encode() for i in range(2_000)]
+    async with running(sse(events)) as up, serving({"m": [to("m", up)]}) as h:
+        reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
+        writer.write(chat(stream=True))
+        await asyncio.sleep(0.5)  # let every buffer on the way fill up
+        received = bytearray()
+        async with asyncio.timeout(DEADLINE * 4):
+            while chunk := await reader.read(4096):
+                received += chunk
+                if len(received) % 65536 < 4096:
+                    await asyncio.sleep(0.001)
+        writer.close()
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\nx-mesh-llm-model: m\r\n")
+    expected = b"".join(
+        f"{len(line):x}\r\n".encode() + line + b"\r\n"
+        for line in (b"data: " + e + b"\n\n" for e in events)
+    )
+    assert body == expected + b"0\r\n\r\n"
+
+
 # -- failover -----------------------------------------------------------------------------------
 
 

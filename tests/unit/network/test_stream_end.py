@@ -83,3 +83,33 @@ def test_anthropic_error_tail() -> None:
     assert name == b"event: error"
     payload = json.loads(data[len(b"data: ") :])
     assert payload == {"type": "error", "error": {"type": "api_error", "message": "it broke"}}
+
+
+def _state_bytewise(data: bytes) -> tuple[bool, bool]:
+    """The reference: one byte at a time never takes the whole-chunk fast path."""
+    tracker = ChunkedTracker()
+    for i in range(len(data)):
+        tracker.feed(data[i : i + 1])
+    return tracker.done, tracker.at_boundary
+
+
+_piece = st.one_of(
+    st.lists(st.binary(min_size=1, max_size=40), max_size=4).map(chunked),
+    st.sampled_from(
+        [b"0\r\n\r\n", b"0\r\nX: 1\r\n\r\n", b"3;x=y\r\nabc\r\n", b"A\r\n", b"\r\n", b"zz\r\n"]
+    ),
+    st.binary(max_size=12),
+)
+
+
+@given(st.lists(_piece, max_size=8), st.lists(st.integers(min_value=1, max_value=64), max_size=20))
+def test_the_fast_path_agrees_with_the_state_machine_on_any_input(
+    pieces: list[bytes], cuts: list[int]
+) -> None:
+    data = b"".join(pieces)
+    tracker = ChunkedTracker()
+    i = 0
+    for size in [*cuts, len(data)]:
+        tracker.feed(data[i : i + size])
+        i = min(i + size, len(data))
+        assert (tracker.done, tracker.at_boundary) == _state_bytewise(data[:i])
