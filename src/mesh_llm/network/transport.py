@@ -34,7 +34,7 @@ from typing import Any, Final, Self
 from iroh import iroh_ffi as iroh
 
 from mesh_llm.errors import ConfigError, PortInUseError, TransportError
-from mesh_llm.network import iroh_patch
+from mesh_llm.network import iroh_async, iroh_patch
 from mesh_llm.protocol.streams import ALPN
 from mesh_llm.protocol.token import EndpointAddrInfo, InvalidTokenError
 
@@ -347,12 +347,14 @@ class Transport:
         (None means :data:`DEFAULT_RELAY_URLS`); ``no_relay`` or an empty list disables relays.
         ``bind_ip``/``bind_port``: the local address (default: all interfaces, ephemeral port;
         a port alone binds ``0.0.0.0:port``). iroh additionally binds the other address family
-        on an ephemeral port. ``patch_bindings`` applies :mod:`.iroh_patch` first.
+        on an ephemeral port. ``patch_bindings`` applies :mod:`.iroh_patch` and
+        :mod:`.iroh_async` first.
         """
         if secret_key is not None and len(secret_key) != _KEY_BYTES:
             raise ConfigError(f"secret key must be {_KEY_BYTES} bytes")
         if patch_bindings:
             iroh_patch.apply()
+            iroh_async.install()
         urls = list(DEFAULT_RELAY_URLS if relay_urls is None else relay_urls)
         addr = _bind_addr(bind_ip, bind_port)
         with _translated("endpoint configuration"):

@@ -1,0 +1,142 @@
+"""A cheaper driver for the iroh bindings' async calls (every stream read and write).
+
+uniffi's generated ``_uniffi_rust_call_async`` polls the Rust future with a continuation callback
+that always goes through ``loop.call_soon_threadsafe``. Most stream operations are ready at the
+first poll (data already buffered, send credit available), and then Rust calls the continuation
+*inline*, on the event loop's own thread, during the poll: the generated code still writes the
+loop's self-pipe and spends a whole loop iteration to resume the coroutine. On a small machine
+that doubles the Python-side cost of each read and write (measured: a buffered 240-byte read
+81 -> 40 us, a write 184 -> 98 us of CPU).
+
+:func:`install` replaces the module-level driver (the generated methods look it up at each call)
+with one that takes an inline continuation directly and keeps ``call_soon_threadsafe`` for
+continuations that come from Rust's threads. The FFI protocol is unchanged: poll until READY,
+then complete and free exactly once, also when the awaiting task is cancelled.
+
+It is installed only if the bindings carry the expected generated driver (checked by source).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import itertools
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, Final
+
+from iroh import iroh_ffi
+
+__all__ = ["install", "is_installed", "needs_install"]
+
+log = logging.getLogger(__name__)
+
+_MARKER: Final = "_mesh_llm_inline_driver"
+_NEEDED: Final = (
+    "_uniffi_rust_call_async",
+    "_uniffi_rust_call_with_error",
+    "_uniffi_get_event_loop",
+    "_UNIFFI_RUST_FUTURE_CONTINUATION_CALLBACK",
+    "_UNIFFI_RUST_FUTURE_POLL_READY",
+)
+
+
+class _Continuation:
+    """Where one poll's answer lands: set inline during the poll, or later via the loop."""
+
+    __slots__ = ("code", "future", "loop", "thread")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, thread: int) -> None:
+        self.loop = loop
+        self.thread = thread
+        self.code: int | None = None
+        self.future: asyncio.Future[int] | None = None
+
+    def deliver(self, code: int) -> None:
+        self.code = code
+        future = self.future
+        if future is not None and not future.done():
+            future.set_result(code)
+
+
+_pending: dict[int, _Continuation] = {}
+_handles = itertools.count(1)
+
+
+def _continue(handle: int, code: int) -> None:
+    continuation = _pending.pop(handle, None)
+    if continuation is None:
+        return
+    if threading.get_ident() == continuation.thread:
+        continuation.deliver(code)  # inline, during the poll
+        return
+    with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for the answer
+        continuation.loop.call_soon_threadsafe(continuation.deliver, code)
+
+
+_callback: Any = None  # the ctypes callback object; created on install, kept alive here
+
+
+async def _call_async(
+    rust_future: Any,
+    ffi_poll: Callable[..., Any],
+    ffi_complete: Callable[..., Any],
+    ffi_free: Callable[..., Any],
+    lift_func: Callable[[Any], Any],
+    error_ffi_converter: Any,
+) -> Any:
+    ready = iroh_ffi._UNIFFI_RUST_FUTURE_POLL_READY
+    try:
+        loop = iroh_ffi._uniffi_get_event_loop()
+        thread = threading.get_ident()
+        while True:
+            continuation = _Continuation(loop, thread)
+            handle = next(_handles)
+            _pending[handle] = continuation
+            ffi_poll(rust_future, _callback, handle)
+            code = continuation.code
+            if code is None:
+                continuation.future = loop.create_future()
+                code = await continuation.future
+            if code == ready:
+                break
+        return lift_func(
+            iroh_ffi._uniffi_rust_call_with_error(error_ffi_converter, ffi_complete, rust_future)
+        )
+    finally:
+        ffi_free(rust_future)
+
+
+setattr(_call_async, _MARKER, True)
+
+
+def is_installed() -> bool:
+    driver = getattr(iroh_ffi, "_uniffi_rust_call_async", None)
+    return driver is not None and getattr(driver, _MARKER, False) is True
+
+
+def needs_install() -> bool:
+    """True if the bindings carry the generated driver this module knows how to replace."""
+    if is_installed() or not all(hasattr(iroh_ffi, name) for name in _NEEDED):
+        return False
+    try:
+        source = inspect.getsource(iroh_ffi._uniffi_rust_call_async)
+    except (OSError, TypeError):
+        return False
+    return all(
+        part in source
+        for part in ("ffi_poll(", "_uniffi_continuation_callback", "ffi_free(rust_future)")
+    )
+
+
+def install() -> bool:
+    """Install the inline-continuation driver if the bindings need it; True if it did now."""
+    global _callback
+    if not needs_install():
+        return False
+    _callback = iroh_ffi._UNIFFI_RUST_FUTURE_CONTINUATION_CALLBACK(_continue)
+    iroh_ffi._uniffi_rust_call_async = _call_async
+    log.debug("iroh bindings: async calls resume inline when Rust answers during the poll")
+    return True
