@@ -61,7 +61,6 @@ log = logging.getLogger(__name__)
 TYPE_BYTE_TIMEOUT_S = 10.0
 FRAME_READ_TIMEOUT_S = 10.0
 TUNNEL_OPEN_TIMEOUT_S = 5.0
-RELAY_CHUNK = 64 * 1024
 MAX_STREAM_TASKS_PER_CONN = 1024
 
 
@@ -120,14 +119,14 @@ class MeshService:
         transport: Transport,
         membership: Membership,
         *,
-        tunnel_port: Callable[[], int | None],
+        serve_http: Callable[[BiStream, PeerTraffic], Coroutine[Any, Any, None]] | None,
         on_change: Callable[[], None],
         on_mesh_id: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.transport = transport
         self.membership = membership
-        self._tunnel_port = tunnel_port
+        self._serve_http = serve_http
         self._on_change = on_change
         self._on_mesh_id = on_mesh_id or (lambda _mesh_id: None)
         self._clock = clock
@@ -468,40 +467,9 @@ class MeshService:
         await stream.finish()
 
     async def _serve_http_tunnel(self, peer: bytes, stream: BiStream) -> None:
-        port = self._tunnel_port()
-        if port is None:
+        """An HTTP request through the mesh: served by this node's local-only ingress (so a
+        tunnelled request is never forwarded again), straight from the stream."""
+        if self._serve_http is None:
             await stream.reset(4)
             return
-        traffic = self.traffic.setdefault(peer, PeerTraffic())
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-
-        async def quic_to_tcp() -> None:
-            # The requester never finishes its side; a half-close must not reach the ingress,
-            # which would take it for a client that went away.
-            while data := await stream.read(RELAY_CHUNK):
-                traffic.received += len(data)
-                writer.write(data)
-                await writer.drain()
-
-        async def tcp_to_quic() -> None:
-            while data := await reader.read(RELAY_CHUNK):
-                await stream.write(data)
-                traffic.sent += len(data)
-            await stream.finish()
-
-        response = asyncio.ensure_future(tcp_to_quic())
-        request = asyncio.ensure_future(quic_to_tcp())
-        try:
-            done, _ = await asyncio.wait({response, request}, return_when=asyncio.FIRST_COMPLETED)
-            if response not in done and request.exception() is None:
-                await response  # requester finished cleanly: the response is still coming
-            # else: the requester reset the stream (client gone): closing the TCP side cancels
-            # the generation upstream.
-        finally:
-            for task in (response, request):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, TransportError, OSError):
-                    await task
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+        await self._serve_http(stream, self.traffic.setdefault(peer, PeerTraffic()))

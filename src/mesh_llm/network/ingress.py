@@ -17,7 +17,7 @@ import json
 import logging
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from typing import Protocol
 
 from mesh_llm.errors import HttpProtocolError, MeshLlmError, PortInUseError, TransportError
 from mesh_llm.network.event_streams import rewriter_for
@@ -31,7 +31,8 @@ from mesh_llm.network.routing import (
     snapshot_for_path,
 )
 from mesh_llm.network.stream_end import ChunkedTracker, stream_error_tail
-from mesh_llm.network.upstream import TcpUpstream, UpstreamStream
+from mesh_llm.network.transport import BiStream
+from mesh_llm.network.upstream import ClientGoneError, TcpUpstream, UpstreamStream
 from mesh_llm.protocol.http1 import (
     CONTINUE_RESPONSE,
     DEFAULT_MAX_BODY,
@@ -90,16 +91,122 @@ def _set_nodelay(writer: asyncio.StreamWriter) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-@dataclass(slots=True)
-class _Connection:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+class ByteCounter(Protocol):
+    """Where a tunnelled request's bytes are counted (per peer)."""
+
+    sent: int
+    received: int
+
+
+class _Client:
+    """The requesting side of one exchange: a TCP socket or an HTTP tunnel stream."""
+
     response_started: bool = False
 
+    async def read(self, n: int) -> bytes:
+        """Up to ``n`` request bytes; ``b""`` at the end or if the client failed."""
+        raise NotImplementedError
+
+    async def write(self, data: bytes) -> None:
+        """Send ``data`` (an interim response too); ConnectionError if the client is gone."""
+        raise NotImplementedError
+
     async def send(self, data: bytes) -> None:
+        """Send response bytes."""
         self.response_started = True
+        await self.write(data)
+
+    async def wait_gone(self) -> None:
+        """Return when the client has gone away; what it sends meanwhile is discarded."""
+        raise NotImplementedError
+
+    def socket_transport(self) -> asyncio.WriteTransport | None:
+        """The client's socket transport, for :meth:`TcpUpstream.relay`; None for a stream."""
+        return None
+
+    async def finish(self) -> None:
+        """End the exchange cleanly."""
+        raise NotImplementedError
+
+    async def abort(self) -> None:
+        """Drop the exchange at once."""
+        raise NotImplementedError
+
+
+class _SocketClient(_Client):
+    __slots__ = ("reader", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        _set_nodelay(writer)
+
+    async def read(self, n: int) -> bytes:
+        try:
+            return await self.reader.read(n)
+        except ConnectionError:
+            return b""
+
+    async def write(self, data: bytes) -> None:
         self.writer.write(data)
         await self.writer.drain()
+
+    async def wait_gone(self) -> None:
+        await _wait_client_gone(self.reader)
+
+    def socket_transport(self) -> asyncio.WriteTransport | None:
+        return self.writer.transport
+
+    async def finish(self) -> None:
+        await _linger_close(self.reader, self.writer)
+
+    async def abort(self) -> None:
+        self.writer.transport.abort()
+
+
+class _StreamClient(_Client):
+    """A request that came through an HTTP tunnel (stream 0x04): served right here, without a
+    loopback hop. The requester never finishes its side; it resets the stream when its own
+    client goes away."""
+
+    __slots__ = ("counter", "stream")
+
+    def __init__(self, stream: BiStream, counter: ByteCounter | None) -> None:
+        self.stream = stream
+        self.counter = counter
+
+    async def read(self, n: int) -> bytes:
+        try:
+            data = await self.stream.read(n)
+        except TransportError:
+            return b""
+        if self.counter is not None:
+            self.counter.received += len(data)
+        return data
+
+    async def write(self, data: bytes) -> None:
+        try:
+            await self.stream.write(data)
+        except TransportError as exc:
+            raise ClientGoneError(f"tunnel write failed: {exc}") from exc
+        if self.counter is not None:
+            self.counter.sent += len(data)
+
+    async def wait_gone(self) -> None:
+        with contextlib.suppress(TransportError):
+            while await self.stream.read(READ_SIZE):
+                pass
+            await asyncio.Future()  # finished, not reset: the requester is still there
+
+    async def finish(self) -> None:
+        with contextlib.suppress(TransportError):
+            await self.stream.finish()
+        await self.stream.aclose()
+
+    async def abort(self) -> None:
+        with contextlib.suppress(TransportError):
+            await self.stream.reset(0)
+        await self.stream.aclose()
 
 
 class _ContextOverflowError(Exception):
@@ -180,32 +287,48 @@ class Ingress:
     async def _on_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        task = asyncio.current_task()
-        if self._closing or task is None:
+        if self._closing:
             writer.transport.abort()
             return
+        await self._handle(_SocketClient(reader, writer))
+
+    async def serve_stream(self, stream: BiStream, counter: ByteCounter | None = None) -> None:
+        """Serve the one request of an HTTP tunnel stream (0x04) whose type byte was read.
+
+        Bytes in both directions are added to ``counter``. The listener need not be started.
+        """
+        if self._closing:
+            with contextlib.suppress(TransportError):
+                await stream.reset(0)
+            return
+        await self._handle(_StreamClient(stream, counter))
+
+    async def _handle(self, client: _Client) -> None:
+        task = asyncio.current_task()
+        assert task is not None
         self._tasks.add(task)
         self.inflight += 1
-        conn = _Connection(reader, writer)
         try:
             try:
-                await self._serve(conn)
+                await self._serve(client)
             except asyncio.CancelledError:
-                writer.transport.abort()
+                await client.abort()
                 raise
             except Exception:
                 logger.exception("ingress connection handler failed")
-                if not conn.response_started:
-                    writer.write(
-                        render_openai_error(500, "internal proxy error", "server_error", "internal")
-                    )
-            await _linger_close(reader, writer)
+                if not client.response_started:
+                    with contextlib.suppress(ConnectionError):
+                        await client.write(
+                            render_openai_error(
+                                500, "internal proxy error", "server_error", "internal"
+                            )
+                        )
+            await client.finish()
         finally:
             self.inflight -= 1
             self._tasks.discard(task)
 
-    async def _serve(self, conn: _Connection) -> None:
-        _set_nodelay(conn.writer)
+    async def _serve(self, conn: _Client) -> None:
         try:
             request = await self._read_request(conn)
         except HttpProtocolError as exc:
@@ -223,11 +346,11 @@ class Ingress:
             return
         async with asyncio.TaskGroup() as tg:
             proxy = tg.create_task(self._proxy(conn, request))
-            watcher = tg.create_task(_wait_client_gone(conn.reader))
+            watcher = tg.create_task(conn.wait_gone())
             proxy.add_done_callback(lambda _: watcher.cancel())
             watcher.add_done_callback(lambda _: proxy.cancel())
 
-    async def _read_request(self, conn: _Connection) -> Request | None:
+    async def _read_request(self, conn: _Client) -> Request | None:
         parser = RequestReader(self._max_body)
         try:
             async with asyncio.timeout(self._header_timeout):
@@ -245,11 +368,8 @@ class Ingress:
             ) from None
         return parser.request
 
-    async def _read_into(self, conn: _Connection, parser: RequestReader) -> bool:
-        try:
-            data = await conn.reader.read(READ_SIZE)
-        except ConnectionError:
-            data = b""
+    async def _read_into(self, conn: _Client, parser: RequestReader) -> bool:
+        data = await conn.read(READ_SIZE)
         if not data:
             if parser.bytes_received == 0:
                 return False
@@ -257,9 +377,8 @@ class Ingress:
         for event in parser.feed(data):
             match event:
                 case ContinueNeeded():
-                    conn.writer.write(CONTINUE_RESPONSE)
                     with contextlib.suppress(ConnectionError):
-                        await conn.writer.drain()
+                        await conn.write(CONTINUE_RESPONSE)
                 case PipelinedBytes(count=count):
                     logger.debug("discarding %d pipelined bytes", count)
                 case RequestComplete():
@@ -289,7 +408,7 @@ class Ingress:
 
     # -- proxying -------------------------------------------------------------------
 
-    async def _proxy(self, conn: _Connection, request: Request) -> None:
+    async def _proxy(self, conn: _Client, request: Request) -> None:
         fields = extract_routing_fields(request.body)
         if (
             fields.body_error is not None
@@ -358,7 +477,7 @@ class Ingress:
         return None
 
     async def _relay(
-        self, conn: _Connection, upstream: UpstreamStream, first: bytes, model: str, path: str
+        self, conn: _Client, upstream: UpstreamStream, first: bytes, model: str, path: str
     ) -> None:
         cut = first.index(b"\r\n") + 2
         head_end = first.find(b"\r\n\r\n")
@@ -382,16 +501,16 @@ class Ingress:
                 if tracker is not None and body_at is not None:
                     tracker.feed(first[body_at:])
                 await conn.send(first[:cut] + extra + first[cut:])
-            if isinstance(upstream, TcpUpstream) and rewriter is None:
-                await upstream.relay(conn.writer.transport, _observer(tracker))
+            client_socket = conn.socket_transport()
+            if isinstance(upstream, TcpUpstream) and rewriter is None and client_socket:
+                await upstream.relay(client_socket, _observer(tracker))
             else:
                 while chunk := await upstream.read(READ_SIZE):
                     if rewriter is not None:
                         chunk = rewriter.feed(chunk)
                     elif tracker is not None:
                         tracker.feed(chunk)
-                    conn.writer.write(chunk)
-                    await conn.writer.drain()
+                    await conn.write(chunk)
         except ConnectionError:
             logger.debug("client went away during the response")
             return

@@ -10,13 +10,16 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mesh_llm.errors import ConfigError, ProtocolError
 from mesh_llm.mesh import Membership, MeshService, SendGossip, Timing
+from mesh_llm.mesh.service import PeerTraffic
 from mesh_llm.network import Target, Transport, generate_key, load_or_create_key
+from mesh_llm.network.transport import BiStream
 from mesh_llm.protocol import (
     EndpointAddrInfo,
     NodeRole,
@@ -75,13 +78,13 @@ class MeshLink:
         config: NodeConfig,
         state: Path,
         *,
-        tunnel_port: Callable[[], int | None],
+        serve_http: Callable[[BiStream, PeerTraffic], Coroutine[Any, Any, None]] | None,
         on_change: Callable[[], None],
         timing: Timing | None = None,
     ) -> None:
         self.config = config
         self.state = state
-        self._tunnel_port = tunnel_port
+        self._serve_http = serve_http
         self._on_change = on_change
         self.timing = timing or Timing()
         self.bootstrap = decode_join_tokens(config.join)
@@ -115,7 +118,7 @@ class MeshLink:
         self.service = MeshService(
             self.transport,
             self.membership,
-            tunnel_port=self._tunnel_port,
+            serve_http=self._serve_http,
             on_change=self._on_change,
             on_mesh_id=self._save_mesh_id,
         )

@@ -480,8 +480,9 @@ class Node:
             on_demand=self._on_demand,
             on_target_failed=self._on_target_failed,
         )
-        # Requests arriving through an HTTP tunnel go to this loopback-only ingress, which routes
-        # to local llama-servers only: a tunnelled request is never forwarded again (no loops).
+        # Requests arriving through an HTTP tunnel are served from the stream by this second
+        # ingress (never listening), which routes to local llama-servers only: a tunnelled
+        # request is never forwarded again (no loops).
         self.tunnel_ingress = Ingress(
             host="127.0.0.1",
             port=0,
@@ -492,7 +493,7 @@ class Node:
         self.mesh = MeshLink(
             self.config,
             self.state_dir,
-            tunnel_port=self._tunnel_port,
+            serve_http=None if self.config.client else self.tunnel_ingress.serve_stream,
             on_change=self._on_mesh_change,
         )
         self.console = ManagementServer(
@@ -507,7 +508,6 @@ class Node:
         self._api_port = self.ingress.port
         try:
             await self.console.start()
-            await self.tunnel_ingress.start()
             await self.mesh.start()
         except MeshLlmError:
             await self._close_servers()
@@ -584,11 +584,6 @@ class Node:
             )
         for model in self.embedders:
             self._out(f"  Embeddings: {model.name} (a second llama-server, ctx {model.ctx_size})")
-
-    def _tunnel_port(self) -> int | None:
-        if self.config.client or self.tunnel_ingress is None:
-            return None
-        return self.tunnel_ingress.port
 
     def _on_target_failed(self, target: Target) -> None:
         log.info("target %s for %s failed", target.key, target.model)

@@ -25,7 +25,7 @@ class FakeService:
 
 
 def link_with(connected: set[bytes], tmp_path: Path) -> tuple[MeshLink, FakeService]:
-    link = MeshLink(NodeConfig(), tmp_path, tunnel_port=lambda: None, on_change=lambda: None)
+    link = MeshLink(NodeConfig(), tmp_path, serve_http=None, on_change=lambda: None)
     core = Membership(OWN, now=0.0)
     for peer in (A, B):
         core.connection_up(peer, True, 0.0)
