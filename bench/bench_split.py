@@ -30,6 +30,7 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 from streamclient import chat_body, compare_paths  # noqa: E402
 
 from mesh_llm.inference import cpu_host_offload, locate_backend  # noqa: E402
+from mesh_llm.inference.launch import HOST_OUTPUT_OVERRIDE  # noqa: E402
 from tests.integration.harness import MeshNode, free_port, http_json, smollm_path, wait_for  # noqa: E402
 
 MODEL = "SmolLM2-135M-Instruct"
@@ -75,7 +76,8 @@ def plain_tcp_split(started: list[subprocess.Popen[bytes]]) -> int:
     started.append(subprocess.Popen([str(bins.llama_server), "-m", str(smollm_path()), "--host",
                                      "127.0.0.1", "--port", str(port), "-c", "2048", "--parallel",
                                      "1", "--rpc", f"127.0.0.1:{rpc_port}", "-ngl", str(ngl),
-                                     "--tensor-split", "0.50,0.50"], **quiet))  # type: ignore[arg-type]  # fmt: skip
+                                     "--tensor-split", "0.50,0.50", "-ot", HOST_OUTPUT_OVERRIDE],
+                                    **quiet))  # type: ignore[arg-type]  # fmt: skip
     wait_for(
         lambda: http_json(f"http://127.0.0.1:{port}/health")["status"] == "ok", 120, "tcp split"
     )

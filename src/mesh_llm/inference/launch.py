@@ -100,6 +100,7 @@ class ServerFeatures:
     reasoning_format: bool = False
     jinja: bool = False
     no_webui: bool = False
+    override_tensor: bool = False  # "-ot PATTERN=BUFFER_TYPE"
 
     @classmethod
     def from_help(cls, text: str) -> ServerFeatures:
@@ -110,7 +111,18 @@ class ServerFeatures:
             reasoning_format="--reasoning-format" in text,
             jinja="--jinja" in text,
             no_webui="--no-webui" in text,
+            override_tensor="--override-tensor" in text,
         )
+
+
+HOST_OUTPUT_OVERRIDE = r"^(output|output_norm|token_embd)\.weight$=CPU"
+"""A CPU host of a split keeps the output layer. Its offloaded layers are the *last* ones, so
+llama.cpp would otherwise put the output projection on the last worker, and every generated
+token would bring the whole logits vector back over the mesh (vocabulary x 4 bytes: 196 KB for
+SmolLM2, 500 KB for a 128k vocabulary) instead of one hidden state (embedding width x 4 bytes:
+2.3 KB). The sampler needs the logits on the host anyway. (A GPU host is the split's last device
+and has the output already.) The cost is the output matrix in the host's memory; with tied
+embeddings (``token_embd`` reused as the output) the host holds that tensor already."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +158,8 @@ def llama_server_argv(
     """The llama-server command line.
 
     Bound to 127.0.0.1 only (remote access goes through the mesh). ``-ngl 99`` only with a GPU
-    backend, unless ``gpu_layers`` says how many layers to offload (a CPU host of a split).
+    backend, unless ``gpu_layers`` says how many layers to offload (a CPU host of a split); such a
+    host keeps the output layer (:data:`HOST_OUTPUT_OVERRIDE`).
     ``--parallel`` slots with a unified KV cache, so concurrent streams share the context
     instead of each getting ``ctx/parallel``. ``batch_size`` sets both the logical and the
     physical batch (embedding servers need an input in one micro-batch); ``pooling`` overrides
@@ -164,6 +177,8 @@ def llama_server_argv(
         argv.append("--kv-unified")
     if gpu_layers is not None:
         argv += ["-ngl", str(gpu_layers)]
+        if rpc and features.override_tensor:
+            argv += ["-ot", HOST_OUTPUT_OVERRIDE]
     elif gpu:
         argv += ["-ngl", "99"]
     if gpu and features.flash_attn_on_off:

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,30 @@ def test_cpu_split_host_offloads_the_workers_share_of_layers() -> None:
         features=ServerFeatures(), rpc=["127.0.0.1:7001"], tensor_split="0.50,0.50", gpu_layers=16,
     )  # fmt: skip
     assert argv[argv.index("-ngl") + 1] == "16"
+    assert "-ot" not in argv  # a build without --override-tensor
+
+
+def test_cpu_split_host_keeps_the_output_layer() -> None:
+    argv = llama_server_argv(
+        Path("/b/llama-server"), Path("/m.gguf"), port=1, ctx_size=4096, gpu=False,
+        features=ServerFeatures(override_tensor=True), rpc=["127.0.0.1:7001"],
+        tensor_split="0.50,0.50", gpu_layers=16,
+    )  # fmt: skip
+    pattern, _, buffer = argv[argv.index("-ot") + 1].rpartition("=")
+    assert buffer == "CPU"
+    for name in ("output.weight", "output_norm.weight", "token_embd.weight"):
+        assert re.search(pattern, name)
+    for name in ("blk.29.ffn_down.weight", "blk.0.attn_output.weight", "output.bias"):
+        assert not re.search(pattern, name)
+
+
+def test_solo_and_gpu_hosts_keep_llama_cpp_placement() -> None:
+    for gpu_layers, rpc in ((None, ["127.0.0.1:7001"]), (None, []), (16, [])):
+        argv = llama_server_argv(
+            Path("/b/llama-server"), Path("/m.gguf"), port=1, ctx_size=4096, gpu=True,
+            features=ServerFeatures(override_tensor=True), rpc=rpc, gpu_layers=gpu_layers,
+        )  # fmt: skip
+        assert "-ot" not in argv
 
 
 def test_cpu_host_offload_counts() -> None:

@@ -50,6 +50,12 @@ async def _open(a: Transport, b: Transport) -> tuple[BiStream, BiStream]:
         return out, inbound
 
 
+async def _read_all(stream: BiStream) -> None:
+    async with asyncio.timeout(STEP):
+        while await stream.read(65536):
+            pass
+
+
 def _ingress(up: FakeUpstream) -> Ingress:
     return Ingress(
         host="127.0.0.1",
@@ -111,7 +117,5 @@ async def test_a_closing_ingress_refuses_new_streams(tunnel: tuple[Transport, Tr
         await ingress.serve_stream(inbound)
         await out.write(chat())
         with pytest.raises(TransportError):
-            async with asyncio.timeout(STEP):
-                while await out.read(65536):
-                    pass
+            await _read_all(out)
     assert up.requests == []
