@@ -4,7 +4,6 @@ loopback, a fake upstream standing in for llama-server."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
@@ -15,6 +14,7 @@ from mesh_llm.network.routing import RoutingSnapshot
 from mesh_llm.network.transport import BiStream, Transport
 from mesh_llm.network.upstream import connect_local
 from tests.fakes.fake_upstream import FakeUpstream, running, sse
+from tests.unit.network.conftest import open_stream
 from tests.unit.network.test_ingress import MODELS, chat, to, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -25,29 +25,6 @@ STEP = 10.0
 class Counter:
     sent: int = 0
     received: int = 0
-
-
-@pytest.fixture
-async def tunnel() -> AsyncIterator[tuple[Transport, Transport]]:
-    a = await Transport.bind(no_relay=True, bind_ip="127.0.0.1")
-    b = await Transport.bind(no_relay=True, bind_ip="127.0.0.1")
-    try:
-        yield a, b
-    finally:
-        await a.close()
-        await b.close()
-
-
-async def _open(a: Transport, b: Transport) -> tuple[BiStream, BiStream]:
-    async with asyncio.timeout(STEP):
-        accepted = asyncio.ensure_future(b.accept())
-        ab = await a.connect(b.addr(), timeout=STEP)
-        ba = await accepted
-        out = await ab.open_bi()
-        await out.write(b"\x04")
-        inbound = await ba.accept_bi()
-        assert await inbound.read_exact(1) == b"\x04"
-        return out, inbound
 
 
 async def _read_all(stream: BiStream) -> None:
@@ -67,9 +44,9 @@ def _ingress(up: FakeUpstream) -> Ingress:
 
 
 async def test_a_tunnelled_stream_is_answered_and_counted(
-    tunnel: tuple[Transport, Transport],
+    pair: tuple[Transport, Transport],
 ) -> None:
-    out, inbound = await _open(*tunnel)
+    out, inbound = await open_stream(*pair, b"\x04")
     async with running(sse([b"one", b"two"])) as up:
         ingress, counter = _ingress(up), Counter()
         serving = asyncio.ensure_future(ingress.serve_stream(inbound, counter))
@@ -89,9 +66,9 @@ async def test_a_tunnelled_stream_is_answered_and_counted(
 
 
 async def test_a_requester_that_resets_cancels_the_generation(
-    tunnel: tuple[Transport, Transport],
+    pair: tuple[Transport, Transport],
 ) -> None:
-    out, inbound = await _open(*tunnel)
+    out, inbound = await open_stream(*pair, b"\x04")
     gate = asyncio.Event()  # the last event never comes: only the reset can end this
     async with running(sse([b"tok"] * 3, gate=gate)) as up:
         ingress = _ingress(up)
@@ -109,8 +86,8 @@ async def test_a_requester_that_resets_cancels_the_generation(
     assert ingress.inflight == 0
 
 
-async def test_a_closing_ingress_refuses_new_streams(tunnel: tuple[Transport, Transport]) -> None:
-    out, inbound = await _open(*tunnel)
+async def test_a_closing_ingress_refuses_new_streams(pair: tuple[Transport, Transport]) -> None:
+    out, inbound = await open_stream(*pair, b"\x04")
     async with running(sse([b"x"])) as up:
         ingress = _ingress(up)
         await ingress.close()

@@ -6,34 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
 
 import pytest
 from iroh import iroh_ffi
 
 from mesh_llm.network import iroh_async
 from mesh_llm.network.transport import BiStream, Transport
+from tests.unit.network.conftest import open_stream
 
 STEP = 10.0
 
 
 @pytest.fixture
-async def streams() -> AsyncIterator[tuple[BiStream, BiStream]]:
-    a = await Transport.bind(no_relay=True, bind_ip="127.0.0.1")
-    b = await Transport.bind(no_relay=True, bind_ip="127.0.0.1")
-    try:
-        async with asyncio.timeout(STEP):
-            accepted = asyncio.ensure_future(b.accept())
-            ab = await a.connect(b.addr(), timeout=STEP)
-            ba = await accepted
-            out = await ab.open_bi()
-            await out.write(b"!")
-            inbound = await ba.accept_bi()
-            assert await inbound.read_exact(1) == b"!"
-        yield out, inbound
-    finally:
-        await a.close()
-        await b.close()
+async def streams(pair: tuple[Transport, Transport]) -> tuple[BiStream, BiStream]:
+    return await open_stream(*pair, b"!")
 
 
 async def test_binding_a_transport_installs_it() -> None:

@@ -9,14 +9,14 @@ import socket
 import stat
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from mesh_llm.errors import ConfigError, PortInUseError, TransportError
-from mesh_llm.network.transport import Conn, Transport, generate_key, load_or_create_key
+from mesh_llm.network.transport import Transport, generate_key, load_or_create_key
 from mesh_llm.protocol.token import EndpointAddrInfo, decode_token, encode_token
+from tests.unit.network.conftest import connect
 
 STEP = 10.0  # generous bound for any single loopback operation
 
@@ -25,30 +25,9 @@ async def _bind(**kwargs: object) -> Transport:
     return await Transport.bind(no_relay=True, bind_ip="127.0.0.1", **kwargs)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-async def pair() -> AsyncIterator[tuple[Transport, Transport]]:
-    a, b = await _bind(), await _bind()
-    try:
-        yield a, b
-    finally:
-        await a.close()
-        await b.close()
-
-
-async def _connect(a: Transport, b: Transport) -> tuple[Conn, Conn]:
-    """a dials b; returns (a's side, b's side)."""
-    async with asyncio.timeout(STEP):
-        accepted = asyncio.ensure_future(b.accept())
-        try:
-            dialled = await a.connect(b.addr(), timeout=STEP)
-            return dialled, await accepted
-        finally:
-            accepted.cancel()
-
-
 async def test_connect_echo_and_identity(pair: tuple[Transport, Transport]) -> None:
     a, b = pair
-    ab, ba = await _connect(a, b)
+    ab, ba = await connect(a, b)
     assert ab.remote_id == b.node_id
     assert ba.remote_id == a.node_id
     assert ba.remote_id_bytes == a.node_id_bytes
@@ -81,7 +60,7 @@ async def test_read_exact_short_stream_is_a_transport_error(
     pair: tuple[Transport, Transport],
 ) -> None:
     a, b = pair
-    ab, ba = await _connect(a, b)
+    ab, ba = await connect(a, b)
     async with asyncio.timeout(STEP):
         client = await ab.open_bi()
         await client.write(b"abc")
@@ -96,7 +75,7 @@ async def test_read_exact_short_stream_is_a_transport_error(
 
 async def test_read_to_end_is_bounded(pair: tuple[Transport, Transport]) -> None:
     a, b = pair
-    ab, ba = await _connect(a, b)
+    ab, ba = await connect(a, b)
     async with asyncio.timeout(STEP):
         client = await ab.open_bi()
         await client.write(b"x" * 5000)
@@ -124,7 +103,7 @@ async def test_token_round_trip_through_addr(pair: tuple[Transport, Transport]) 
 
 async def test_peer_close_is_noticed_at_once(pair: tuple[Transport, Transport]) -> None:
     a, b = pair
-    ab, ba = await _connect(a, b)
+    ab, ba = await connect(a, b)
     started = time.perf_counter()
     ba.close(7, "bye")
     async with asyncio.timeout(STEP):
@@ -145,7 +124,7 @@ async def test_endpoint_close_closes_connections_and_accept(
     pair: tuple[Transport, Transport],
 ) -> None:
     a, b = pair
-    ab, _ = await _connect(a, b)
+    ab, _ = await connect(a, b)
     await b.close()
     assert b.is_closed
     async with asyncio.timeout(STEP):
@@ -156,7 +135,7 @@ async def test_endpoint_close_closes_connections_and_accept(
 
 async def test_probe_answers_for_a_live_peer(pair: tuple[Transport, Transport]) -> None:
     a, b = pair
-    ab, _ba = await _connect(a, b)
+    ab, _ba = await connect(a, b)
     assert await ab.probe(2.0) is True
 
 

@@ -1,0 +1,46 @@
+"""Real iroh endpoints on loopback (relays disabled) for the network tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from mesh_llm.network.transport import BiStream, Conn, Transport
+
+STEP = 10.0  # generous bound for any single loopback operation
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[Transport, Transport]]:
+    """Two bound endpoints, closed after the test."""
+    a = await Transport.bind(no_relay=True, bind_ip="127.0.0.1")
+    b = await Transport.bind(no_relay=True, bind_ip="127.0.0.1")
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def connect(a: Transport, b: Transport) -> tuple[Conn, Conn]:
+    """a dials b; returns (a's side, b's side)."""
+    async with asyncio.timeout(STEP):
+        accepted = asyncio.ensure_future(b.accept())
+        try:
+            dialled = await a.connect(b.addr(), timeout=STEP)
+            return dialled, await accepted
+        finally:
+            accepted.cancel()
+
+
+async def open_stream(a: Transport, b: Transport, first: bytes) -> tuple[BiStream, BiStream]:
+    """Connect, open a stream from a to b and deliver ``first``; returns (a's end, b's end)."""
+    ab, ba = await connect(a, b)
+    async with asyncio.timeout(STEP):
+        out = await ab.open_bi()
+        await out.write(first)
+        inbound = await ba.accept_bi()
+        assert await inbound.read_exact(len(first)) == first
+    return out, inbound
