@@ -254,22 +254,25 @@ def _pump(
 ) -> None:
     """The relay thread: ``up`` -> ``down`` until EOF; closes both duplicates, then reports."""
     outcome: BaseException | None = None
+    buffer = bytearray(_RELAY_READ)
+    view = memoryview(buffer)
     try:
         while True:
             try:
-                data = up.recv(_RELAY_READ)
+                size = up.recv_into(buffer)
             except OSError as exc:  # includes the idle timeout
                 outcome = TransportError(f"upstream read failed: {exc}")
                 break
-            if not data:
+            if not size:
                 break
-            observe(data)
+            observe(bytes(view[:size]))
             try:
-                down.sendall(data)
+                down.sendall(view[:size])
             except OSError as exc:
                 outcome = ClientGoneError(f"client write failed: {exc}")
                 break
     finally:  # also after a bug in ``observe``: the request must still end
+        view.release()
         _release(up)
         _release(down)
         report(outcome)
