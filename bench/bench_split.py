@@ -112,13 +112,16 @@ def main() -> None:
             result["with_file_load_bytes"] = tunnel_stats(host).get("bytes_sent")
             mesh_port = int(http_json(f"{host.console}/api/runtime")["models"][0]["port"])
             tcp_port = plain_tcp_split(started)
-            before = tunnel_stats(host).get("round_trips", 0)
+            before = tunnel_stats(host)
             body = chat_body(MODEL, PROMPT, args.max_tokens)
             m = asyncio.run(compare_paths(tcp_port, mesh_port, body, args.rounds))
-            trips = tunnel_stats(host).get("round_trips", 0) - before
+            after = tunnel_stats(host)
             tokens = (args.rounds + 2) * args.max_tokens
             result["tok_s"] = m
-            result["round_trips_per_token"] = round(trips / tokens, 2)
+            for key, name in (("round_trips", "round_trips_per_token"),
+                              ("bytes_sent", "bytes_to_worker_per_token"),
+                              ("bytes_received", "bytes_from_worker_per_token")):  # fmt: skip
+                result[name] = round((after.get(key, 0) - before.get(key, 0)) / tokens, 2)
             print(json.dumps(result, indent=2), flush=True)
         finally:
             for proc in started:
