@@ -29,8 +29,7 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 from streamclient import chat_body, compare_paths  # noqa: E402
 
-from mesh_llm.inference import cpu_host_offload, locate_backend  # noqa: E402
-from mesh_llm.inference.launch import HOST_OUTPUT_OVERRIDE  # noqa: E402
+from mesh_llm.inference import locate_backend  # noqa: E402
 from tests.integration.harness import MeshNode, free_port, http_json, smollm_path, wait_for  # noqa: E402
 
 MODEL = "SmolLM2-135M-Instruct"
@@ -63,8 +62,12 @@ def start_pair(
     return host, worker
 
 
-def plain_tcp_split(started: list[subprocess.Popen[bytes]]) -> int:
-    """llama-server + ggml-rpc-server over loopback TCP, the same layer split; its port."""
+def plain_tcp_split(host: MeshNode, started: list[subprocess.Popen[bytes]]) -> int:
+    """llama-server + ggml-rpc-server over loopback TCP; its port.
+
+    The llama-server runs with exactly the mesh host's command line (read from ``/proc``), only
+    its port and ``--rpc`` address changed: same layer split, output placement, context, slots.
+    """
     bins = locate_backend()
     rpc_port, port = free_port(), free_port()
     env = {**os.environ, "GGML_RPC_NO_RDMA": "1"}
@@ -72,12 +75,12 @@ def plain_tcp_split(started: list[subprocess.Popen[bytes]]) -> int:
     started.append(subprocess.Popen([str(bins.rpc_server), "-H", "127.0.0.1", "-p", str(rpc_port),
                                      "-t", str(os.cpu_count() or 1)], **quiet))  # type: ignore[arg-type]  # fmt: skip
     time.sleep(1)
-    ngl = cpu_host_offload(30, "0.50,0.50")
-    started.append(subprocess.Popen([str(bins.llama_server), "-m", str(smollm_path()), "--host",
-                                     "127.0.0.1", "--port", str(port), "-c", "2048", "--parallel",
-                                     "1", "--rpc", f"127.0.0.1:{rpc_port}", "-ngl", str(ngl),
-                                     "--tensor-split", "0.50,0.50", "-ot", HOST_OUTPUT_OVERRIDE],
-                                    **quiet))  # type: ignore[arg-type]  # fmt: skip
+    pid = http_json(f"{host.console}/api/runtime/processes")["processes"][0]["pid"]
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+    argv[argv.index("--port") + 1] = str(port)
+    argv[argv.index("--rpc") + 1] = f"127.0.0.1:{rpc_port}"
+    assert "-ngl" in argv, argv
+    started.append(subprocess.Popen(argv, **quiet))  # type: ignore[call-overload]
     wait_for(
         lambda: http_json(f"http://127.0.0.1:{port}/health")["status"] == "ok", 120, "tcp split"
     )
@@ -111,7 +114,7 @@ def main() -> None:
             result["with_file_load_s"] = round(time.monotonic() - t0, 2)
             result["with_file_load_bytes"] = tunnel_stats(host).get("bytes_sent")
             mesh_port = int(http_json(f"{host.console}/api/runtime")["models"][0]["port"])
-            tcp_port = plain_tcp_split(started)
+            tcp_port = plain_tcp_split(host, started)
             before = tunnel_stats(host)
             body = chat_body(MODEL, PROMPT, args.max_tokens)
             m = asyncio.run(compare_paths(tcp_port, mesh_port, body, args.rounds))

@@ -533,6 +533,46 @@ async def test_client_disconnect_while_waiting_cancels_the_upstream() -> None:
         assert h.failed == []
 
 
+async def test_a_client_that_stops_reading_then_leaves_frees_the_relay() -> None:
+    # The relay thread blocks in sendall once the client's buffers are full; the client going
+    # away must still end it and close the upstream.
+    events = [os.urandom(3_000).hex().encode() for _ in range(3_000)]  # ~18 MB
+    async with running(sse(events)) as up, serving({"m": [to("m", up)]}) as h:
+        reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
+        writer.write(chat(stream=True))
+        async with asyncio.timeout(DEADLINE):
+            assert await reader.read(1024)
+        await asyncio.sleep(0.3)  # everything on the way fills up
+        writer.transport.abort()
+        await wait_for(up.gone.is_set)
+        await wait_for(lambda: h.ingress.inflight == 0)
+        assert not up.finished.is_set()
+
+
+async def test_close_during_a_relayed_stream_ends_it_at_once() -> None:
+    gate = asyncio.Event()  # the stream never ends by itself
+    async with running(sse([b"tok"] * 3, gate=gate)) as up:
+        ingress = Ingress(
+            host="127.0.0.1",
+            port=0,
+            snapshot=lambda: RoutingSnapshot({"m": [to("m", up)]}, True),
+            connect=connect_local,
+            models_listing=list,
+        )
+        await ingress.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", ingress.port)
+        writer.write(chat(stream=True))
+        async with asyncio.timeout(DEADLINE):
+            seen = b""
+            while seen.count(b"data: tok") < 2:
+                seen += await reader.read(65536)
+            await ingress.close()
+            await wait_for(up.gone.is_set)
+            await reader.read()  # returns at EOF: the client's connection ends too
+        writer.close()
+        assert ingress.inflight == 0
+
+
 async def test_close_cancels_in_flight_connections() -> None:
     async with running(hang()) as up:
         ingress = Ingress(
