@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -68,12 +69,23 @@ def _short(peer_id: bytes) -> str:
     return peer_id[:5].hex()
 
 
+_TRAFFIC_LOCK = threading.Lock()  # counts are also added from relay threads
+
+
 @dataclass(slots=True)
 class PeerTraffic:
     """Bytes carried by HTTP tunnels to and from one peer."""
 
     sent: int = 0
     received: int = 0
+
+    def add_sent(self, n: int) -> None:
+        with _TRAFFIC_LOCK:
+            self.sent += n
+
+    def add_received(self, n: int) -> None:
+        with _TRAFFIC_LOCK:
+            self.received += n
 
 
 class TunnelStream:
@@ -85,11 +97,17 @@ class TunnelStream:
 
     async def write(self, data: bytes) -> None:
         await self._stream.write(data)
-        self._traffic.sent += len(data)
+        self._traffic.add_sent(len(data))
 
     async def read(self, n: int) -> bytes:
         data = await self._stream.read(n)
-        self._traffic.received += len(data)
+        self._traffic.add_received(len(data))
+        return data
+
+    def read_blocking(self, n: int, cancel: threading.Event) -> bytes:
+        """For the ingress's relay thread (see :func:`mesh_llm.network.upstream.run_relay`)."""
+        data = self._stream.read_blocking(n, cancel)
+        self._traffic.add_received(len(data))
         return data
 
     async def aclose(self) -> None:

@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import json
 import logging
 import socket
+import threading
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 from mesh_llm.errors import HttpProtocolError, MeshLlmError, PortInUseError, TransportError
 from mesh_llm.network.event_streams import rewriter_for
@@ -32,7 +34,14 @@ from mesh_llm.network.routing import (
 )
 from mesh_llm.network.stream_end import ChunkedTracker, stream_error_tail
 from mesh_llm.network.transport import BiStream
-from mesh_llm.network.upstream import ClientGoneError, TcpUpstream, UpstreamStream
+from mesh_llm.network.upstream import (
+    ClientGoneError,
+    TcpUpstream,
+    UpstreamStream,
+    release_socket,
+    run_relay,
+    take_over_socket,
+)
 from mesh_llm.protocol.http1 import (
     CONTINUE_RESPONSE,
     DEFAULT_MAX_BODY,
@@ -92,10 +101,17 @@ def _set_nodelay(writer: asyncio.StreamWriter) -> None:
 
 
 class ByteCounter(Protocol):
-    """Where a tunnelled request's bytes are counted (per peer)."""
+    """Where a tunnelled request's bytes are counted (per peer); called from relay threads too."""
 
-    sent: int
-    received: int
+    def add_sent(self, n: int) -> None: ...
+
+    def add_received(self, n: int) -> None: ...
+
+
+class BlockingSource(Protocol):
+    """An upstream a relay thread can read from (an HTTP tunnel to a peer)."""
+
+    def read_blocking(self, n: int, cancel: threading.Event) -> bytes: ...
 
 
 class _Client:
@@ -181,7 +197,7 @@ class _StreamClient(_Client):
         except TransportError:
             return b""
         if self.counter is not None:
-            self.counter.received += len(data)
+            self.counter.add_received(len(data))
         return data
 
     async def write(self, data: bytes) -> None:
@@ -190,7 +206,13 @@ class _StreamClient(_Client):
         except TransportError as exc:
             raise ClientGoneError(f"tunnel write failed: {exc}") from exc
         if self.counter is not None:
-            self.counter.sent += len(data)
+            self.counter.add_sent(len(data))
+
+    def write_blocking(self, data: bytes, cancel: threading.Event) -> None:
+        """:meth:`write` from a relay thread."""
+        self.stream.write_blocking(data, cancel)
+        if self.counter is not None:
+            self.counter.add_sent(len(data))
 
     async def wait_gone(self) -> None:
         with contextlib.suppress(TransportError):
@@ -502,8 +524,17 @@ class Ingress:
                     tracker.feed(first[body_at:])
                 await conn.send(first[:cut] + extra + first[cut:])
             client_socket = conn.socket_transport()
-            if isinstance(upstream, TcpUpstream) and rewriter is None and client_socket:
-                await upstream.relay(client_socket, _observer(tracker))
+            observe = _observer(tracker)
+            if rewriter is None and isinstance(upstream, TcpUpstream) and client_socket:
+                await upstream.relay(client_socket, observe)
+            elif (
+                rewriter is None
+                and isinstance(upstream, TcpUpstream)
+                and (isinstance(conn, _StreamClient))
+            ):
+                await upstream.relay_into(conn.write_blocking, observe, conn.write)
+            elif rewriter is None and client_socket and hasattr(upstream, "read_blocking"):
+                await _relay_from(cast(BlockingSource, upstream), client_socket, observe)
             else:
                 while chunk := await upstream.read(READ_SIZE):
                     if rewriter is not None:
@@ -574,6 +605,28 @@ async def _read_decision(upstream: UpstreamStream, *, check_overflow: bool) -> b
         if is_context_overflow_400(head.status, body):
             raise _ContextOverflowError
         return bytes(buf)
+
+
+async def _relay_from(
+    source: BlockingSource, client: asyncio.WriteTransport, observe: Callable[[bytes], None]
+) -> None:
+    """Relay a tunnel's response into the client's socket from a relay thread: the iroh read and
+    the socket write of each chunk happen there, without waking the event loop."""
+    down = await take_over_socket(client, socket.SO_SNDTIMEO)
+    cancel = threading.Event()
+
+    def cut() -> None:
+        cancel.set()
+        with contextlib.suppress(OSError):
+            down.shutdown(socket.SHUT_RDWR)
+
+    await run_relay(
+        functools.partial(source.read_blocking, READ_SIZE, cancel),
+        down.sendall,
+        observe,
+        on_cancel=cut,
+        cleanup=functools.partial(release_socket, down),
+    )
 
 
 def _observer(tracker: ChunkedTracker | None) -> Callable[[bytes], None]:

@@ -24,12 +24,14 @@ import inspect
 import itertools
 import logging
 import threading
-from collections.abc import Callable
-from typing import Any, Final
+from collections.abc import Callable, Coroutine
+from typing import Any, Final, TypeVar
 
 from iroh import iroh_ffi
 
-__all__ = ["install", "is_installed", "needs_install"]
+__all__ = ["BlockingCallCancelledError", "install", "is_installed", "needs_install", "run_blocking"]
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +46,17 @@ _NEEDED: Final = (
 
 
 class _Continuation:
-    """Where one poll's answer lands: set inline during the poll, or later via the loop."""
+    """Where one poll's answer lands: set inline during the poll, or later via the loop (or, for
+    a caller on a thread without a loop, by releasing its lock)."""
 
-    __slots__ = ("code", "future", "loop", "thread")
+    __slots__ = ("code", "future", "lock", "loop", "thread")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, thread: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None, thread: int) -> None:
         self.loop = loop
         self.thread = thread
         self.code: int | None = None
         self.future: asyncio.Future[int] | None = None
+        self.lock: threading.Lock | None = None
 
     def deliver(self, code: int) -> None:
         self.code = code
@@ -72,8 +76,14 @@ def _continue(handle: int, code: int) -> None:
     if threading.get_ident() == continuation.thread:
         continuation.deliver(code)  # inline, during the poll
         return
+    loop = continuation.loop
+    if loop is None:  # a blocking caller waits on its lock
+        continuation.code = code
+        assert continuation.lock is not None
+        continuation.lock.release()
+        return
     with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for the answer
-        continuation.loop.call_soon_threadsafe(continuation.deliver, code)
+        loop.call_soon_threadsafe(continuation.deliver, code)
 
 
 _callback: Any = None  # the ctypes callback object; created on install, kept alive here
@@ -89,17 +99,23 @@ async def _call_async(
 ) -> Any:
     ready = iroh_ffi._UNIFFI_RUST_FUTURE_POLL_READY
     try:
-        loop = iroh_ffi._uniffi_get_event_loop()
+        loop = asyncio._get_running_loop() or iroh_ffi._UNIFFI_GLOBAL_EVENT_LOOP
         thread = threading.get_ident()
         while True:
             continuation = _Continuation(loop, thread)
+            if loop is None:
+                continuation.lock = threading.Lock()
+                continuation.lock.acquire()
             handle = next(_handles)
             _pending[handle] = continuation
             ffi_poll(rust_future, _callback, handle)
             code = continuation.code
             if code is None:
-                continuation.future = loop.create_future()
-                code = await continuation.future
+                if loop is None:
+                    code = _wait(continuation, handle)
+                else:
+                    continuation.future = loop.create_future()
+                    code = await continuation.future
             if code == ready:
                 break
         return lift_func(
@@ -110,6 +126,48 @@ async def _call_async(
 
 
 setattr(_call_async, _MARKER, True)
+
+_CANCEL_POLL_S = 0.2
+_local = threading.local()
+
+
+class BlockingCallCancelledError(Exception):
+    """A blocking call was given up because its cancel event was set."""
+
+
+def _wait(continuation: _Continuation, handle: int) -> int:
+    """Block this (loop-less) thread until Rust answers, or until the cancel event is set."""
+    lock = continuation.lock
+    assert lock is not None
+    cancel: threading.Event | None = getattr(_local, "cancel", None)
+    while not lock.acquire(timeout=_CANCEL_POLL_S):
+        if cancel is not None and cancel.is_set():
+            _pending.pop(handle, None)
+            raise BlockingCallCancelledError
+    code = continuation.code
+    assert code is not None
+    return code
+
+
+def run_blocking(coroutine: Coroutine[Any, Any, T], cancel: threading.Event | None = None) -> T:
+    """Run one call of the bindings (``stream.read(n)``, ``send.write_all(data)``...) to the end on
+    this thread, which must have no event loop: the driver then waits on a lock instead of an
+    asyncio future. Setting ``cancel`` gives the call up (within :data:`_CANCEL_POLL_S`) with
+    :class:`BlockingCallCancelledError`; the Rust future is freed, which cancels it.
+    """
+    if not is_installed():
+        coroutine.close()
+        raise RuntimeError("the inline driver is not installed")
+    _local.cancel = cancel
+    try:
+        coroutine.send(None)
+    except StopIteration as stop:
+        result: T = stop.value
+        return result
+    finally:
+        _local.cancel = None
+    coroutine.close()
+    raise RuntimeError("the call awaited something other than a Rust future")
 
 
 def is_installed() -> bool:

@@ -26,6 +26,7 @@ import contextlib
 import logging
 import os
 import secrets
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -131,6 +132,8 @@ def _translated(what: str) -> Iterator[None]:
         yield
     except (iroh.IrohError, iroh.InternalError) as exc:
         raise TransportError(f"{what}: {_describe(exc)}") from exc
+    except iroh_async.BlockingCallCancelledError:
+        raise TransportError(f"{what}: cancelled") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,6 +166,22 @@ class BiStream:
             raise ValueError("read size must be positive")
         with _translated("stream read"):
             data: bytes = await self._recv.read(n)
+        if not data:
+            self._eof = True
+        return data
+
+    def write_blocking(self, data: bytes, cancel: threading.Event | None = None) -> None:
+        """:meth:`write` for a thread without an event loop (a relay thread); setting ``cancel``
+        gives up a write that waits for flow-control credit."""
+        with _translated("stream write"):
+            iroh_async.run_blocking(self._send.write_all(data), cancel)
+
+    def read_blocking(self, n: int, cancel: threading.Event | None = None) -> bytes:
+        """:meth:`read` for a thread without an event loop; setting ``cancel`` gives it up."""
+        if n <= 0:
+            raise ValueError("read size must be positive")
+        with _translated("stream read"):
+            data: bytes = iroh_async.run_blocking(self._recv.read(n), cancel)
         if not data:
             self._eof = True
         return data

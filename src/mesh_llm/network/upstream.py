@@ -10,18 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import queue
 import socket
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol, cast
 
-from mesh_llm.errors import TransportError
+from mesh_llm.errors import MeshLlmError, TransportError
 from mesh_llm.network.routing import Target
 
-__all__ = ["ClientGoneError", "TcpUpstream", "UpstreamStream", "connect_local"]
+__all__ = [
+    "ClientGoneError",
+    "TcpUpstream",
+    "UpstreamStream",
+    "connect_local",
+    "release_socket",
+    "run_relay",
+    "take_over_socket",
+]
 
 
 class UpstreamStream(Protocol):
@@ -127,53 +136,82 @@ class TcpUpstream(asyncio.Protocol):
     async def relay(self, client: asyncio.WriteTransport, observe: Callable[[bytes], None]) -> None:
         """Relay the rest of the response into ``client``'s socket until the upstream closes.
 
-        The bytes move in a thread of their own, between duplicates of the two sockets'
-        descriptors (see :func:`_dup_socket`): a blocking ``recv`` and ``sendall`` per chunk, and
-        ``observe`` on each chunk first. On a
-        CPU-bound machine this is what keeps the proxy's per-token cost below the noise: an
-        event-loop relay costs about 1.5x the CPU per chunk (``docs/BENCHMARKS.md``).
+        The bytes move in a thread of their own (:func:`run_relay`), between duplicates of the two
+        sockets' descriptors (:func:`_dup_socket`): a blocking ``recv`` and ``sendall`` per chunk,
+        and ``observe`` on each chunk first. On a CPU-bound machine an event-loop relay costs
+        about 1.5x the CPU per chunk (``docs/BENCHMARKS.md``).
 
         Raises :class:`ClientGoneError` if the client's socket fails, TransportError if the
-        upstream's does. Cancelling shuts the upstream connection down, which ends the thread.
+        upstream's does. Cancelling shuts both connections down, which ends the thread.
         """
+        up = await self._take_over(observe, client.write)
+        if up is None:
+            return
+        try:
+            down = await take_over_socket(client, socket.SO_SNDTIMEO)
+        except BaseException:
+            release_socket(up)
+            raise
+
+        def cut() -> None:
+            for sock in (up, down):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+        await run_relay(
+            functools.partial(up.recv, _RELAY_READ),
+            down.sendall,
+            observe,
+            on_cancel=cut,
+            cleanup=functools.partial(_release_all, up, down),
+        )
+
+    async def relay_into(
+        self,
+        write_blocking: Callable[[bytes, threading.Event], None],
+        observe: Callable[[bytes], None],
+        write: Callable[[bytes], Awaitable[None]],
+    ) -> None:
+        """Like :meth:`relay`, into a sink written from the relay thread (an HTTP tunnel stream:
+        ``write_blocking(data, cancel)``); ``write`` sends what was read before the hand-over."""
+        pending: list[bytes] = []
+        up = await self._take_over(observe, pending.append)
+        for data in pending:
+            await write(data)
+        if up is None:
+            return
+        cancel = threading.Event()
+
+        def cut() -> None:
+            cancel.set()
+            with contextlib.suppress(OSError):
+                up.shutdown(socket.SHUT_RDWR)
+
+        await run_relay(
+            functools.partial(up.recv, _RELAY_READ),
+            functools.partial(_call_with, write_blocking, cancel=cancel),
+            observe,
+            on_cancel=cut,
+            cleanup=lambda: release_socket(up),
+        )
+
+    async def _take_over(
+        self, observe: Callable[[bytes], None], flush: Callable[[bytes], object]
+    ) -> socket.socket | None:
+        """Hand what is buffered to ``flush``, stop the event loop reading, and return a blocking
+        duplicate of the upstream socket; None if the upstream already ended."""
         transport = self._transport
         if self._buffer:
             data = bytes(self._buffer)
             self._buffer.clear()
             observe(data)
-            client.write(data)
+            flush(data)
         if self._eof or transport is None:
             if self._error is not None:
                 raise TransportError(f"upstream read failed: {self._error}")
-            return
+            return None
         transport.pause_reading()
-        while client.get_write_buffer_size():  # from here on, the thread writes to the socket
-            if client.is_closing():
-                raise ClientGoneError("client closed")
-            await asyncio.sleep(_FLUSH_POLL_S)
-        up = _dup_socket(transport, socket.SO_RCVTIMEO)
-        try:
-            down = _dup_socket(client, socket.SO_SNDTIMEO)
-        except BaseException:
-            _release(up)
-            raise
-        loop = asyncio.get_running_loop()
-        finished: asyncio.Future[BaseException | None] = loop.create_future()
-
-        def report(outcome: BaseException | None) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop closed first: nobody waits
-                loop.call_soon_threadsafe(_resolve, finished, outcome)
-
-        _RELAY_THREADS.run(lambda: _pump(up, down, observe, report))
-        try:
-            outcome = await asyncio.shield(finished)
-        except asyncio.CancelledError:
-            for sock in (up, down):  # the response is abandoned: end the thread's blocking calls
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-            raise
-        if outcome is not None:
-            raise outcome
+        return _dup_socket(transport, socket.SO_RCVTIMEO)
 
     async def aclose(self) -> None:
         if self._transport is not None:
@@ -235,47 +273,89 @@ def _dup_socket(transport: asyncio.BaseTransport, timeout_option: int) -> socket
         dup.setblocking(True)
         dup.setsockopt(socket.SOL_SOCKET, timeout_option, _IDLE_TIMEVAL)
     except BaseException:
-        _release(dup)
+        release_socket(dup)
         raise
     return dup
 
 
-def _release(sock: socket.socket) -> None:
+def _release_all(*socks: socket.socket) -> None:
+    for sock in socks:
+        release_socket(sock)
+
+
+def release_socket(sock: socket.socket) -> None:
+    """Close a relay's blocking duplicate, leaving the shared description non-blocking."""
     with contextlib.suppress(OSError):
         sock.setblocking(False)
     sock.close()
 
 
-def _pump(
-    up: socket.socket,
-    down: socket.socket,
-    observe: Callable[[bytes], None],
-    report: Callable[[BaseException | None], None],
+def _call_with(
+    write_blocking: Callable[[bytes, threading.Event], None],
+    data: bytes,
+    *,
+    cancel: threading.Event,
 ) -> None:
-    """The relay thread: ``up`` -> ``down`` until EOF; closes both duplicates, then reports."""
-    outcome: BaseException | None = None
-    buffer = bytearray(_RELAY_READ)
-    view = memoryview(buffer)
+    write_blocking(data, cancel)
+
+
+async def take_over_socket(client: asyncio.WriteTransport, timeout_option: int) -> socket.socket:
+    """Wait until the event loop has flushed ``client``, then return a blocking duplicate of its
+    socket for a relay thread to write to (see :func:`_dup_socket`)."""
+    while client.get_write_buffer_size():  # from here on, the thread writes to the socket
+        if client.is_closing():
+            raise ClientGoneError("client closed")
+        await asyncio.sleep(_FLUSH_POLL_S)
+    return _dup_socket(client, timeout_option)
+
+
+async def run_relay(
+    read: Callable[[], bytes],
+    write: Callable[[bytes], object],
+    observe: Callable[[bytes], None],
+    *,
+    on_cancel: Callable[[], None],
+    cleanup: Callable[[], object],
+) -> None:
+    """Move chunks from ``read`` (``b""`` at the end) through ``observe`` to ``write`` in a relay
+    thread until the source ends; ``cleanup`` runs in the thread when it stops.
+
+    A failing ``read`` raises TransportError here, a failing ``write`` :class:`ClientGoneError`.
+    Cancelling calls ``on_cancel``, which must make the thread's blocking calls return.
+    """
+    loop = asyncio.get_running_loop()
+    finished: asyncio.Future[BaseException | None] = loop.create_future()
+
+    def job() -> None:
+        outcome: BaseException | None = None
+        try:
+            while True:
+                try:
+                    data = read()
+                except (OSError, MeshLlmError) as exc:  # includes the idle timeout
+                    outcome = TransportError(f"upstream read failed: {exc}")
+                    break
+                if not data:
+                    break
+                observe(data)
+                try:
+                    write(data)
+                except (OSError, MeshLlmError) as exc:
+                    outcome = ClientGoneError(f"client write failed: {exc}")
+                    break
+        finally:  # also after a bug in ``observe``: the request must still end
+            cleanup()
+            with contextlib.suppress(RuntimeError):  # the loop closed first: nobody waits
+                loop.call_soon_threadsafe(_resolve, finished, outcome)
+
+    _RELAY_THREADS.run(job)
     try:
-        while True:
-            try:
-                size = up.recv_into(buffer)
-            except OSError as exc:  # includes the idle timeout
-                outcome = TransportError(f"upstream read failed: {exc}")
-                break
-            if not size:
-                break
-            observe(bytes(view[:size]))
-            try:
-                down.sendall(view[:size])
-            except OSError as exc:
-                outcome = ClientGoneError(f"client write failed: {exc}")
-                break
-    finally:  # also after a bug in ``observe``: the request must still end
-        view.release()
-        _release(up)
-        _release(down)
-        report(outcome)
+        outcome = await asyncio.shield(finished)
+    except asyncio.CancelledError:
+        on_cancel()
+        raise
+    if outcome is not None:
+        raise outcome
 
 
 async def connect_local(target: Target) -> UpstreamStream:

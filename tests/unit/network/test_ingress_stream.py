@@ -4,17 +4,21 @@ loopback, a fake upstream standing in for llama-server."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
 
 from mesh_llm.errors import TransportError
+from mesh_llm.mesh.service import TunnelStream
 from mesh_llm.network.ingress import Ingress
-from mesh_llm.network.routing import RoutingSnapshot
+from mesh_llm.network.routing import RoutingSnapshot, Target
 from mesh_llm.network.transport import BiStream, Transport
-from mesh_llm.network.upstream import connect_local
+from mesh_llm.network.upstream import UpstreamStream, connect_local
 from tests.fakes.fake_upstream import FakeUpstream, running, sse
-from tests.unit.network.conftest import open_stream
+from tests.unit.network.conftest import connect, open_stream
 from tests.unit.network.test_ingress import MODELS, chat, to, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -25,6 +29,12 @@ STEP = 10.0
 class Counter:
     sent: int = 0
     received: int = 0
+
+    def add_sent(self, n: int) -> None:
+        self.sent += n
+
+    def add_received(self, n: int) -> None:
+        self.received += n
 
 
 async def _read_all(stream: BiStream) -> None:
@@ -96,3 +106,107 @@ async def test_a_closing_ingress_refuses_new_streams(pair: tuple[Transport, Tran
         with pytest.raises(TransportError):
             await _read_all(out)
     assert up.requests == []
+
+
+async def test_blocking_calls_from_a_relay_thread(pair: tuple[Transport, Transport]) -> None:
+    out, inbound = await open_stream(*pair, b"!")
+    loop = asyncio.get_running_loop()
+    cancel = threading.Event()
+    reading = loop.run_in_executor(None, inbound.read_blocking, 100, cancel)
+    await asyncio.sleep(0.05)  # the thread waits for Rust's answer on its lock
+    await out.write(b"hello")
+    async with asyncio.timeout(STEP):
+        assert await reading == b"hello"
+        await loop.run_in_executor(None, inbound.write_blocking, b"back", cancel)
+        assert await out.read_exact(4) == b"back"
+        waiting = loop.run_in_executor(None, inbound.read_blocking, 100, cancel)
+        await asyncio.sleep(0.05)
+        cancel.set()
+        with pytest.raises(TransportError, match="cancelled"):
+            await waiting
+        await out.write(b"still usable")
+        assert await inbound.read_exact(12) == b"still usable"
+
+
+@contextlib.asynccontextmanager
+async def _through_a_tunnel(
+    pair: tuple[Transport, Transport], up: FakeUpstream
+) -> AsyncIterator[tuple[Ingress, Ingress, Counter]]:
+    """A client-side ingress whose target is a real 0x04 stream to a host-side ingress that
+    serves it from the stream (the two halves of a mesh tunnel, without the mesh service)."""
+    client_side, host_side = pair
+    host_ingress = _ingress(up)
+    conn, accepted = await connect(client_side, host_side)
+    traffic = Counter()
+    serving: set[asyncio.Task[None]] = set()
+
+    async def accept_streams() -> None:
+        while True:
+            stream = await accepted.accept_bi()
+            assert await stream.read_exact(1) == b"\x04"
+            task = asyncio.ensure_future(host_ingress.serve_stream(stream))
+            serving.add(task)
+            task.add_done_callback(serving.discard)
+
+    async def open_tunnel(target: Target) -> UpstreamStream:
+        stream = await conn.open_bi()
+        await stream.write(b"\x04")
+        return TunnelStream(stream, traffic)  # type: ignore[arg-type]
+
+    client_ingress = Ingress(
+        host="127.0.0.1",
+        port=0,
+        snapshot=lambda: RoutingSnapshot({"m": [Target("m", "peer:ab", None, "ab", None)]}, True),
+        connect=open_tunnel,
+        models_listing=lambda: MODELS,
+    )
+    await client_ingress.start()
+    acceptor = asyncio.ensure_future(accept_streams())
+    try:
+        yield client_ingress, host_ingress, traffic
+    finally:
+        acceptor.cancel()
+        await client_ingress.close()
+        await host_ingress.close()
+
+
+async def test_a_stream_through_a_tunnel_arrives_whole(pair: tuple[Transport, Transport]) -> None:
+    events = [b"%05d" % i + b"x" * 200 for i in range(300)]
+    async with running(sse(events)) as up, _through_a_tunnel(pair, up) as (client, _, traffic):
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+        writer.write(chat(stream=True))
+        async with asyncio.timeout(STEP):
+            response = await reader.read()
+        writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    expected = b"".join(
+        f"{len(line):x}\r\n".encode() + line + b"\r\n"
+        for line in (b"data: " + e + b"\n\n" for e in events)
+    )
+    assert body == expected + b"0\r\n\r\n"
+    assert traffic.received == len(response)
+
+
+async def test_a_client_leaving_a_tunnelled_stream_stops_the_generation(
+    pair: tuple[Transport, Transport],
+) -> None:
+    gate = asyncio.Event()  # the stream never ends by itself
+    async with (
+        running(sse([b"tok"] * 3, gate=gate)) as up,
+        _through_a_tunnel(pair, up) as (
+            client,
+            host,
+            _,
+        ),
+    ):
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+        writer.write(chat(stream=True))
+        async with asyncio.timeout(STEP):
+            seen = b""
+            while seen.count(b"data: tok") < 2:
+                seen += await reader.read(65536)
+        writer.transport.abort()
+        await wait_for(up.gone.is_set)
+        await wait_for(lambda: client.inflight == 0 and host.inflight == 0)
+        assert not up.finished.is_set()
