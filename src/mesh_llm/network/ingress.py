@@ -19,7 +19,7 @@ import logging
 import socket
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Protocol, cast
+from typing import Protocol, runtime_checkable
 
 from mesh_llm.errors import HttpProtocolError, MeshLlmError, PortInUseError, TransportError
 from mesh_llm.network.event_streams import rewriter_for
@@ -108,6 +108,7 @@ class ByteCounter(Protocol):
     def add_received(self, n: int) -> None: ...
 
 
+@runtime_checkable
 class BlockingSource(Protocol):
     """An upstream a relay thread can read from (an HTTP tunnel to a peer)."""
 
@@ -524,17 +525,14 @@ class Ingress:
                     tracker.feed(first[body_at:])
                 await conn.send(first[:cut] + extra + first[cut:])
             client_socket = conn.socket_transport()
+            stream_client = conn if isinstance(conn, _StreamClient) else None
             observe = _observer(tracker)
             if rewriter is None and isinstance(upstream, TcpUpstream) and client_socket:
                 await upstream.relay(client_socket, observe)
-            elif (
-                rewriter is None
-                and isinstance(upstream, TcpUpstream)
-                and (isinstance(conn, _StreamClient))
-            ):
-                await upstream.relay_into(conn.write_blocking, observe, conn.write)
-            elif rewriter is None and client_socket and hasattr(upstream, "read_blocking"):
-                await _relay_from(cast(BlockingSource, upstream), client_socket, observe)
+            elif rewriter is None and isinstance(upstream, TcpUpstream) and stream_client:
+                await upstream.relay_into(stream_client.write_blocking, observe, conn.write)
+            elif rewriter is None and client_socket and isinstance(upstream, BlockingSource):
+                await _relay_from(upstream, client_socket, observe)
             else:
                 while chunk := await upstream.read(READ_SIZE):
                     if rewriter is not None:

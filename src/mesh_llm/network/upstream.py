@@ -176,8 +176,13 @@ class TcpUpstream(asyncio.Protocol):
         ``write_blocking(data, cancel)``); ``write`` sends what was read before the hand-over."""
         pending: list[bytes] = []
         up = await self._take_over(observe, pending.append)
-        for data in pending:
-            await write(data)
+        try:
+            for data in pending:
+                await write(data)
+        except BaseException:
+            if up is not None:
+                release_socket(up)
+            raise
         if up is None:
             return
         cancel = threading.Event()
