@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import functools
 import json
 import logging
 import socket
@@ -38,9 +37,7 @@ from mesh_llm.network.upstream import (
     ClientGoneError,
     TcpUpstream,
     UpstreamStream,
-    release_socket,
-    run_relay,
-    take_over_socket,
+    relay_from,
 )
 from mesh_llm.protocol.http1 import (
     CONTINUE_RESPONSE,
@@ -532,7 +529,7 @@ class Ingress:
             elif rewriter is None and isinstance(upstream, TcpUpstream) and stream_client:
                 await upstream.relay_into(stream_client.write_blocking, observe, conn.write)
             elif rewriter is None and client_socket and isinstance(upstream, BlockingSource):
-                await _relay_from(upstream, client_socket, observe)
+                await relay_from(upstream.read_blocking, client_socket, observe)
             else:
                 while chunk := await upstream.read(READ_SIZE):
                     if rewriter is not None:
@@ -603,28 +600,6 @@ async def _read_decision(upstream: UpstreamStream, *, check_overflow: bool) -> b
         if is_context_overflow_400(head.status, body):
             raise _ContextOverflowError
         return bytes(buf)
-
-
-async def _relay_from(
-    source: BlockingSource, client: asyncio.WriteTransport, observe: Callable[[bytes], None]
-) -> None:
-    """Relay a tunnel's response into the client's socket from a relay thread: the iroh read and
-    the socket write of each chunk happen there, without waking the event loop."""
-    down = await take_over_socket(client, socket.SO_SNDTIMEO)
-    cancel = threading.Event()
-
-    def cut() -> None:
-        cancel.set()
-        with contextlib.suppress(OSError):
-            down.shutdown(socket.SHUT_RDWR)
-
-    await run_relay(
-        functools.partial(source.read_blocking, READ_SIZE, cancel),
-        down.sendall,
-        observe,
-        on_cancel=cut,
-        cleanup=functools.partial(release_socket, down),
-    )
 
 
 def _observer(tracker: ChunkedTracker | None) -> Callable[[bytes], None]:

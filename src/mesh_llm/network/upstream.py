@@ -27,6 +27,7 @@ __all__ = [
     "TcpUpstream",
     "UpstreamStream",
     "connect_local",
+    "relay_from",
     "release_socket",
     "run_relay",
     "take_over_socket",
@@ -293,6 +294,30 @@ def release_socket(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.setblocking(False)
     sock.close()
+
+
+async def relay_from(
+    read_blocking: Callable[[int, threading.Event], bytes],
+    client: asyncio.WriteTransport,
+    observe: Callable[[bytes], None],
+) -> None:
+    """Relay a source read from a relay thread (an HTTP tunnel: ``read_blocking(n, cancel)``) into
+    the client's socket; the read and the socket write of each chunk happen in the thread."""
+    down = await take_over_socket(client, socket.SO_SNDTIMEO)
+    cancel = threading.Event()
+
+    def cut() -> None:
+        cancel.set()
+        with contextlib.suppress(OSError):
+            down.shutdown(socket.SHUT_RDWR)
+
+    await run_relay(
+        functools.partial(read_blocking, _RELAY_READ, cancel),
+        down.sendall,
+        observe,
+        on_cancel=cut,
+        cleanup=functools.partial(release_socket, down),
+    )
 
 
 def _call_with(

@@ -152,6 +152,32 @@ async def wait_for(predicate: Callable[[], bool]) -> None:
         await asyncio.sleep(0.01)
 
 
+async def open_stream_until(
+    port: int, events: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Start a streaming chat on ``port`` and read until ``events`` ``tok`` events arrived."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(chat(stream=True))
+    async with asyncio.timeout(DEADLINE):
+        seen = b""
+        while seen.count(b"data: tok") < events:
+            chunk = await reader.read(65536)
+            assert chunk, "closed before the events arrived"
+            seen += chunk
+    return reader, writer
+
+
+def unstarted_ingress(up: FakeUpstream) -> Ingress:
+    """An ingress routing ``m`` to ``up``; the caller starts and closes it."""
+    return Ingress(
+        host="127.0.0.1",
+        port=0,
+        snapshot=lambda: RoutingSnapshot({"m": [to("m", up)]}, True),
+        connect=connect_local,
+        models_listing=list,
+    )
+
+
 # -- forwarding ------------------------------------------------------------------------------
 
 
@@ -509,12 +535,7 @@ async def test_client_disconnect_mid_stream_cancels_the_upstream() -> None:
     # Three events, then silence: only watching the client can notice it went away.
     behaviour = sse([b"tok"] * 4, delay=0.01, gate=asyncio.Event())
     async with running(behaviour) as up, serving({"m": [to("m", up)]}) as h:
-        reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
-        writer.write(chat(stream=True))
-        async with asyncio.timeout(DEADLINE):
-            seen = b""
-            while seen.count(b"data: tok") < 3:
-                seen += await reader.read(65536)
+        _reader, writer = await open_stream_until(h.port, 3)
         writer.close()
         await writer.wait_closed()
         await wait_for(up.gone.is_set)
@@ -552,20 +573,10 @@ async def test_a_client_that_stops_reading_then_leaves_frees_the_relay() -> None
 async def test_close_during_a_relayed_stream_ends_it_at_once() -> None:
     gate = asyncio.Event()  # the stream never ends by itself
     async with running(sse([b"tok"] * 3, gate=gate)) as up:
-        ingress = Ingress(
-            host="127.0.0.1",
-            port=0,
-            snapshot=lambda: RoutingSnapshot({"m": [to("m", up)]}, True),
-            connect=connect_local,
-            models_listing=list,
-        )
+        ingress = unstarted_ingress(up)
         await ingress.start()
-        reader, writer = await asyncio.open_connection("127.0.0.1", ingress.port)
-        writer.write(chat(stream=True))
+        reader, writer = await open_stream_until(ingress.port, 2)
         async with asyncio.timeout(DEADLINE):
-            seen = b""
-            while seen.count(b"data: tok") < 2:
-                seen += await reader.read(65536)
             await ingress.close()
             await wait_for(up.gone.is_set)
             await reader.read()  # returns at EOF: the client's connection ends too
@@ -575,13 +586,7 @@ async def test_close_during_a_relayed_stream_ends_it_at_once() -> None:
 
 async def test_close_cancels_in_flight_connections() -> None:
     async with running(hang()) as up:
-        ingress = Ingress(
-            host="127.0.0.1",
-            port=0,
-            snapshot=lambda: RoutingSnapshot({"m": [to("m", up)]}, True),
-            connect=connect_local,
-            models_listing=list,
-        )
+        ingress = unstarted_ingress(up)
         await ingress.start()
         reader, writer = await asyncio.open_connection("127.0.0.1", ingress.port)
         writer.write(chat())

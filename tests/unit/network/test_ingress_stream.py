@@ -16,10 +16,16 @@ from mesh_llm.mesh.service import TunnelStream
 from mesh_llm.network.ingress import Ingress
 from mesh_llm.network.routing import RoutingSnapshot, Target
 from mesh_llm.network.transport import BiStream, Transport
-from mesh_llm.network.upstream import UpstreamStream, connect_local
+from mesh_llm.network.upstream import UpstreamStream
 from tests.fakes.fake_upstream import FakeUpstream, running, sse
 from tests.unit.network.conftest import connect, open_stream
-from tests.unit.network.test_ingress import MODELS, chat, to, wait_for
+from tests.unit.network.test_ingress import (
+    MODELS,
+    chat,
+    open_stream_until,
+    unstarted_ingress,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(60)
 STEP = 10.0
@@ -43,22 +49,12 @@ async def _read_all(stream: BiStream) -> None:
             pass
 
 
-def _ingress(up: FakeUpstream) -> Ingress:
-    return Ingress(
-        host="127.0.0.1",
-        port=0,
-        snapshot=lambda: RoutingSnapshot({"m": [to("m", up)]}, True),
-        connect=connect_local,
-        models_listing=lambda: MODELS,
-    )
-
-
 async def test_a_tunnelled_stream_is_answered_and_counted(
     pair: tuple[Transport, Transport],
 ) -> None:
     out, inbound = await open_stream(*pair, b"\x04")
     async with running(sse([b"one", b"two"])) as up:
-        ingress, counter = _ingress(up), Counter()
+        ingress, counter = unstarted_ingress(up), Counter()
         serving = asyncio.ensure_future(ingress.serve_stream(inbound, counter))
         request = chat(stream=True)
         await out.write(request)  # the requester never finishes its side
@@ -81,7 +77,7 @@ async def test_a_requester_that_resets_cancels_the_generation(
     out, inbound = await open_stream(*pair, b"\x04")
     gate = asyncio.Event()  # the last event never comes: only the reset can end this
     async with running(sse([b"tok"] * 3, gate=gate)) as up:
-        ingress = _ingress(up)
+        ingress = unstarted_ingress(up)
         serving = asyncio.ensure_future(ingress.serve_stream(inbound))
         await out.write(chat(stream=True))
         async with asyncio.timeout(STEP):
@@ -99,7 +95,7 @@ async def test_a_requester_that_resets_cancels_the_generation(
 async def test_a_closing_ingress_refuses_new_streams(pair: tuple[Transport, Transport]) -> None:
     out, inbound = await open_stream(*pair, b"\x04")
     async with running(sse([b"x"])) as up:
-        ingress = _ingress(up)
+        ingress = unstarted_ingress(up)
         await ingress.close()
         await ingress.serve_stream(inbound)
         await out.write(chat())
@@ -135,7 +131,7 @@ async def _through_a_tunnel(
     """A client-side ingress whose target is a real 0x04 stream to a host-side ingress that
     serves it from the stream (the two halves of a mesh tunnel, without the mesh service)."""
     client_side, host_side = pair
-    host_ingress = _ingress(up)
+    host_ingress = unstarted_ingress(up)
     conn, accepted = await connect(client_side, host_side)
     traffic = Counter()
     serving: set[asyncio.Task[None]] = set()
@@ -200,12 +196,7 @@ async def test_a_client_leaving_a_tunnelled_stream_stops_the_generation(
             _,
         ),
     ):
-        reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
-        writer.write(chat(stream=True))
-        async with asyncio.timeout(STEP):
-            seen = b""
-            while seen.count(b"data: tok") < 2:
-                seen += await reader.read(65536)
+        _reader, writer = await open_stream_until(client.port, 2)
         writer.transport.abort()
         await wait_for(up.gone.is_set)
         await wait_for(lambda: client.inflight == 0 and host.inflight == 0)
