@@ -115,7 +115,10 @@ class BlockingSource(Protocol):
 class _Client:
     """The requesting side of one exchange: a TCP socket or an HTTP tunnel stream."""
 
-    response_started: bool = False
+    __slots__ = ("response_started",)
+
+    def __init__(self) -> None:
+        self.response_started = False
 
     async def read(self, n: int) -> bytes:
         """Up to ``n`` request bytes; ``b""`` at the end or if the client failed."""
@@ -151,6 +154,7 @@ class _SocketClient(_Client):
     __slots__ = ("reader", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        super().__init__()
         self.reader = reader
         self.writer = writer
         _set_nodelay(writer)
@@ -186,6 +190,7 @@ class _StreamClient(_Client):
     __slots__ = ("counter", "stream")
 
     def __init__(self, stream: BiStream, counter: ByteCounter | None) -> None:
+        super().__init__()
         self.stream = stream
         self.counter = counter
 

@@ -145,7 +145,7 @@ class TcpUpstream(asyncio.Protocol):
         Raises :class:`ClientGoneError` if the client's socket fails, TransportError if the
         upstream's does. Cancelling shuts both connections down, which ends the thread.
         """
-        up = await self._take_over(observe, client.write)
+        up = self._take_over(observe, client.write)
         if up is None:
             return
         try:
@@ -154,16 +154,11 @@ class TcpUpstream(asyncio.Protocol):
             release_socket(up)
             raise
 
-        def cut() -> None:
-            for sock in (up, down):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
         await run_relay(
             functools.partial(up.recv, _RELAY_READ),
             down.sendall,
             observe,
-            on_cancel=cut,
+            on_cancel=functools.partial(_cut, None, up, down),
             cleanup=functools.partial(_release_all, up, down),
         )
 
@@ -176,7 +171,7 @@ class TcpUpstream(asyncio.Protocol):
         """Like :meth:`relay`, into a sink written from the relay thread (an HTTP tunnel stream:
         ``write_blocking(data, cancel)``); ``write`` sends what was read before the hand-over."""
         pending: list[bytes] = []
-        up = await self._take_over(observe, pending.append)
+        up = self._take_over(observe, pending.append)
         try:
             for data in pending:
                 await write(data)
@@ -187,21 +182,15 @@ class TcpUpstream(asyncio.Protocol):
         if up is None:
             return
         cancel = threading.Event()
-
-        def cut() -> None:
-            cancel.set()
-            with contextlib.suppress(OSError):
-                up.shutdown(socket.SHUT_RDWR)
-
         await run_relay(
             functools.partial(up.recv, _RELAY_READ),
-            functools.partial(_call_with, write_blocking, cancel=cancel),
+            lambda data: write_blocking(data, cancel),
             observe,
-            on_cancel=cut,
+            on_cancel=functools.partial(_cut, cancel, up),
             cleanup=lambda: release_socket(up),
         )
 
-    async def _take_over(
+    def _take_over(
         self, observe: Callable[[bytes], None], flush: Callable[[bytes], object]
     ) -> socket.socket | None:
         """Hand what is buffered to ``flush``, stop the event loop reading, and return a blocking
@@ -266,10 +255,10 @@ def _dup_socket(transport: asyncio.BaseTransport, timeout_option: int) -> socket
 
     Blocking mode belongs to the file description, which the event loop shares: while the relay
     runs, the loop does no I/O on the upstream (paused) and only reads the client's socket when
-    epoll says it is readable, which never blocks; :func:`_pump` makes both non-blocking again
-    before it lets go. The idle bound is the kernel's (``SO_RCVTIMEO``/``SO_SNDTIMEO``), so each
-    chunk costs one ``recv`` and one ``send``, not a ``poll`` before each as a Python-level
-    timeout would.
+    epoll says it is readable, which never blocks; :func:`release_socket` makes the description
+    non-blocking again before the relay lets go. The idle bound is the kernel's
+    (``SO_RCVTIMEO``/``SO_SNDTIMEO``), so each chunk costs one ``recv`` and one ``send``, not a
+    ``poll`` before each as a Python-level timeout would.
     """
     sock = transport.get_extra_info("socket")
     if sock is None:
@@ -305,28 +294,23 @@ async def relay_from(
     the client's socket; the read and the socket write of each chunk happen in the thread."""
     down = await take_over_socket(client, socket.SO_SNDTIMEO)
     cancel = threading.Event()
-
-    def cut() -> None:
-        cancel.set()
-        with contextlib.suppress(OSError):
-            down.shutdown(socket.SHUT_RDWR)
-
     await run_relay(
         functools.partial(read_blocking, _RELAY_READ, cancel),
         down.sendall,
         observe,
-        on_cancel=cut,
+        on_cancel=functools.partial(_cut, cancel, down),
         cleanup=functools.partial(release_socket, down),
     )
 
 
-def _call_with(
-    write_blocking: Callable[[bytes, threading.Event], None],
-    data: bytes,
-    *,
-    cancel: threading.Event,
-) -> None:
-    write_blocking(data, cancel)
+def _cut(cancel: threading.Event | None, *socks: socket.socket) -> None:
+    """Make a relay thread's blocking calls return: set its cancel event (for iroh calls) and
+    shut its sockets down (the response is abandoned)."""
+    if cancel is not None:
+        cancel.set()
+    for sock in socks:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 async def take_over_socket(client: asyncio.WriteTransport, timeout_option: int) -> socket.socket:
