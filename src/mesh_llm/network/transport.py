@@ -35,7 +35,7 @@ from typing import Any, Final, Self
 from iroh import iroh_ffi as iroh
 
 from mesh_llm.errors import ConfigError, PortInUseError, TransportError
-from mesh_llm.network import iroh_async, iroh_patch
+from mesh_llm.network import iroh_async, iroh_direct, iroh_patch
 from mesh_llm.protocol.streams import ALPN
 from mesh_llm.protocol.token import EndpointAddrInfo, InvalidTokenError
 
@@ -174,14 +174,20 @@ class BiStream:
         """:meth:`write` for a thread without an event loop (a relay thread); setting ``cancel``
         gives up a write that waits for flow-control credit."""
         with _translated("stream write"):
-            iroh_async.run_blocking(self._send.write_all(data), cancel)
+            if iroh_direct.available():
+                iroh_direct.write_all(self._send, data, cancel)
+            else:
+                iroh_async.run_blocking(self._send.write_all(data), cancel)
 
     def read_blocking(self, n: int, cancel: threading.Event | None = None) -> bytes:
         """:meth:`read` for a thread without an event loop; setting ``cancel`` gives it up."""
         if n <= 0:
             raise ValueError("read size must be positive")
         with _translated("stream read"):
-            data: bytes = iroh_async.run_blocking(self._recv.read(n), cancel)
+            if iroh_direct.available():
+                data = iroh_direct.read(self._recv, n, cancel)
+            else:
+                data = iroh_async.run_blocking(self._recv.read(n), cancel)
         if not data:
             self._eof = True
         return data
