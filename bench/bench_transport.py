@@ -12,6 +12,11 @@ Measures, per variant:
 - ``rtt_stream_us``: median/p90 of a 64-byte echo on one long-lived stream;
 - ``rtt_new_stream_us``: median/p90 of open stream + 64-byte request + 64-byte reply.
 
+With ``--relay-threads`` it also measures the CPU cost of one stream write and one stream read made
+by relay threads (``BiStream.write_blocking`` / ``read_blocking``, paced at one 110-byte write per
+millisecond like a token stream) through ``mesh_llm.network.iroh_direct`` and through the
+generated methods, alternating, plus the CPU of Rust's threads per operation.
+
 With ``--detection`` it also times how a connection learns that its peer went away: after a
 graceful ``close()`` and after the peer process is SIGKILLed (``closed()`` and ``Conn.probe``).
 
@@ -33,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mesh_llm.network import iroh_patch
+from mesh_llm.network import iroh_direct, iroh_patch
 from mesh_llm.network.transport import Conn, Transport
 from mesh_llm.protocol.token import decode_token
 
@@ -162,6 +167,87 @@ async def run_variant(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _rust_threads_cpu_s() -> float:
+    """CPU seconds of this process's threads that Python did not start (Rust's)."""
+    total = 0.0
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            if (task / "comm").read_text().startswith("python"):
+                continue
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+async def _relay_round(out: Any, inbound: Any, ops: int) -> dict[str, float]:
+    payload = b'data: {"choices":[{"delta":{"content":" token"}}]}\n\n' * 2
+    cpu: dict[str, float] = {}
+
+    def writer() -> None:
+        started = time.thread_time()
+        for _ in range(ops):
+            time.sleep(0.001)
+            out.write_blocking(payload)
+        cpu["writer"] = time.thread_time() - started
+
+    def reader() -> None:
+        started, got = time.thread_time(), 0
+        while got < ops * len(payload):
+            got += len(inbound.read_blocking(65536))
+        cpu["reader"] = time.thread_time() - started
+
+    def pacing() -> None:  # the writer's sleeps alone
+        started = time.thread_time()
+        for _ in range(ops):
+            time.sleep(0.001)
+        cpu["pacing"] = time.thread_time() - started
+
+    await asyncio.to_thread(pacing)
+    rust = _rust_threads_cpu_s()
+    await asyncio.gather(asyncio.to_thread(reader), asyncio.to_thread(writer))
+    cpu["rust"] = _rust_threads_cpu_s() - rust
+    return {
+        "write_us": (cpu["writer"] - cpu["pacing"]) / ops * 1e6,
+        "read_us": cpu["reader"] / ops * 1e6,
+        "rust_threads_us": cpu["rust"] / ops * 1e6,
+    }
+
+
+async def run_relay_threads(ops: int, rounds: int) -> dict[str, Any]:
+    a = await Transport.bind(no_relay=True, bind_ip="127.0.0.1")
+    b = await Transport.bind(no_relay=True, bind_ip="127.0.0.1")
+    try:
+        accepted = asyncio.ensure_future(b.accept())
+        ab = await a.connect(b.addr(), timeout=10)
+        ba = await accepted
+        out = await ab.open_bi()
+        await out.write(b"!")
+        inbound = await ba.accept_bi()
+        await inbound.read_exact(1)
+        direct_ok = iroh_direct.available()
+        samples: dict[str, list[dict[str, float]]] = {"direct": [], "generated": []}
+        for i in range(rounds):
+            order = ["direct", "generated"] if i % 2 == 0 else ["generated", "direct"]
+            for mode in order:
+                iroh_direct._checked = None if mode == "direct" else False
+                samples[mode].append(await _relay_round(out, inbound, ops))
+        iroh_direct._checked = None
+    finally:
+        await a.close()
+        await b.close()
+    return {
+        "direct_available": direct_ok,
+        "ops_per_round": ops,
+        "rounds": rounds,
+        **{
+            mode: {k: round(statistics.median(r[k] for r in rows), 1) for k in rows[0]}
+            for mode, rows in samples.items()
+        },
+    }
+
+
 PEER_SCRIPT = """
 import asyncio
 from mesh_llm.network.transport import Transport
@@ -272,6 +358,9 @@ def main() -> None:
     parser.add_argument("--rtt-iters", type=int, default=2000)
     parser.add_argument("--variant", choices=["patched", "unpatched", "both"], default="both")
     parser.add_argument("--detection", action="store_true", help="also time peer-death detection")
+    parser.add_argument(
+        "--relay-threads", action="store_true", help="also measure relay-thread stream calls"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -295,6 +384,16 @@ def main() -> None:
         "params": {"size_mib": args.size, "chunk_kib": args.chunk, "rtt_iters": args.rtt_iters},
         "variants": rows,
     }
+    if args.relay_threads:
+        relay = asyncio.run(run_relay_threads(ops=2000, rounds=6))
+        report["relay_threads"] = relay
+        for mode in ("direct", "generated"):
+            r = relay[mode]
+            print(
+                f"relay thread, {mode:>9}: write {r['write_us']:.0f} us,"
+                f" read {r['read_us']:.0f} us, Rust's threads {r['rust_threads_us']:.0f} us"
+                " of CPU per operation"
+            )
     if args.detection:
         detection = asyncio.run(run_detection())
         report["detection"] = detection
