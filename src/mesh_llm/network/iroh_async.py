@@ -13,6 +13,11 @@ with one that takes an inline continuation directly and keeps ``call_soon_thread
 continuations that come from Rust's threads. The FFI protocol is unchanged: poll until READY,
 then complete and free exactly once, also when the awaiting task is cancelled.
 
+Continuations that come from Rust's threads are ctypes callbacks on threads Python did not start;
+the driver keeps a Python thread state for each such thread instead of letting CPython create and
+destroy one around every call (:func:`_keep_thread_state`). :func:`poll_blocking` is one poll
+for a thread without a loop, used by :func:`run_blocking` and by :mod:`.iroh_direct`.
+
 It is installed only if the bindings carry the expected generated driver (checked by source).
 """
 
@@ -30,7 +35,14 @@ from typing import Any, Final, TypeVar
 
 from iroh import iroh_ffi
 
-__all__ = ["BlockingCallCancelledError", "install", "is_installed", "needs_install", "run_blocking"]
+__all__ = [
+    "BlockingCallCancelledError",
+    "install",
+    "is_installed",
+    "needs_install",
+    "poll_blocking",
+    "run_blocking",
+]
 
 T = TypeVar("T")
 
