@@ -104,9 +104,9 @@ class TunnelStream:
         self._traffic.add_received(len(data))
         return data
 
-    def read_blocking(self, n: int, cancel: threading.Event) -> bytes:
-        """For the ingress's relay thread (see :func:`mesh_llm.network.upstream.run_relay`)."""
-        data = self._stream.read_blocking(n, cancel)
+    def read_blocking(self, n: int, cancel: threading.Event, timeout: float | None = None) -> bytes:
+        """For the ingress's relay thread (see :func:`mesh_llm.network.upstream.relay_from`)."""
+        data = self._stream.read_blocking(n, cancel, timeout)
         self._traffic.add_received(len(data))
         return data
 

@@ -109,7 +109,9 @@ class ByteCounter(Protocol):
 class BlockingSource(Protocol):
     """An upstream a relay thread can read from (an HTTP tunnel to a peer)."""
 
-    def read_blocking(self, n: int, cancel: threading.Event) -> bytes: ...
+    def read_blocking(
+        self, n: int, cancel: threading.Event, timeout: float | None = None
+    ) -> bytes: ...
 
 
 class _Client:

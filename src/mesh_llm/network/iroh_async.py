@@ -30,6 +30,7 @@ import inspect
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Final, TypeVar
 
@@ -37,6 +38,7 @@ from iroh import iroh_ffi
 
 __all__ = [
     "BlockingCallCancelledError",
+    "BlockingCallTimeoutError",
     "install",
     "is_installed",
     "needs_install",
@@ -137,7 +139,12 @@ async def _call_async(
         thread = threading.get_ident()
         while True:
             if loop is None:
-                code = poll_blocking(rust_future, ffi_poll, getattr(_local, "cancel", None))
+                code = poll_blocking(
+                    rust_future,
+                    ffi_poll,
+                    getattr(_local, "cancel", None),
+                    getattr(_local, "deadline", None),
+                )
             else:
                 continuation = _Continuation(loop, thread)
                 handle = next(_handles)
@@ -168,26 +175,49 @@ class BlockingCallCancelledError(Exception):
     """A blocking call was given up because its cancel event was set."""
 
 
-def _wait(continuation: _Continuation, handle: int, cancel: threading.Event | None) -> int:
-    """Block this (loop-less) thread until Rust answers, or until the cancel event is set."""
+class BlockingCallTimeoutError(Exception):
+    """A blocking call was given up because its deadline passed."""
+
+
+def _wait(
+    continuation: _Continuation,
+    handle: int,
+    cancel: threading.Event | None,
+    deadline: float | None,
+) -> int:
+    """Block this (loop-less) thread until Rust answers, the cancel event is set, or the
+    ``time.monotonic()`` deadline passes."""
     lock = continuation.lock
     assert lock is not None
-    while not lock.acquire(timeout=_CANCEL_POLL_S):
+    while True:
+        wait = _CANCEL_POLL_S
+        if deadline is not None:
+            wait = min(wait, max(deadline - time.monotonic(), 0.0))
+        if lock.acquire(timeout=wait):
+            break
         if cancel is not None and cancel.is_set():
             _pending.pop(handle, None)
             raise BlockingCallCancelledError
+        if deadline is not None and time.monotonic() >= deadline:
+            _pending.pop(handle, None)
+            raise BlockingCallTimeoutError
     code = continuation.code
     assert code is not None
     return code
 
 
 def poll_blocking(
-    rust_future: int, ffi_poll: Callable[..., Any], cancel: threading.Event | None
+    rust_future: int,
+    ffi_poll: Callable[..., Any],
+    cancel: threading.Event | None,
+    deadline: float | None = None,
 ) -> int:
     """Poll a Rust future once from a thread without an event loop and return the code Rust
     answers with (READY or MAYBE_READY), waiting for it if it does not come during the poll.
-    Setting ``cancel`` gives up with :class:`BlockingCallCancelledError`; the caller still frees
-    the future, which cancels it."""
+    Setting ``cancel`` gives up with :class:`BlockingCallCancelledError`, passing the
+    ``time.monotonic()`` ``deadline`` with :class:`BlockingCallTimeoutError`; the caller still
+    frees the future, which cancels it. A future is only advanced by a poll, so one given up
+    while waiting has taken nothing (a read consumed no bytes)."""
     continuation = _Continuation(None, threading.get_ident())
     continuation.lock = lock = threading.Lock()
     lock.acquire()
@@ -196,20 +226,26 @@ def poll_blocking(
     ffi_poll(rust_future, _callback, handle)
     code = continuation.code
     if code is None:
-        code = _wait(continuation, handle, cancel)
+        code = _wait(continuation, handle, cancel, deadline)
     return code
 
 
-def run_blocking(coroutine: Coroutine[Any, Any, T], cancel: threading.Event | None = None) -> T:
+def run_blocking(
+    coroutine: Coroutine[Any, Any, T],
+    cancel: threading.Event | None = None,
+    timeout: float | None = None,
+) -> T:
     """Run one call of the bindings (``stream.read(n)``, ``send.write_all(data)``...) to the end on
     this thread, which must have no event loop: the driver then waits on a lock instead of an
     asyncio future. Setting ``cancel`` gives the call up (within :data:`_CANCEL_POLL_S`) with
-    :class:`BlockingCallCancelledError`; the Rust future is freed, which cancels it.
+    :class:`BlockingCallCancelledError`, a ``timeout`` (seconds) with
+    :class:`BlockingCallTimeoutError`; the Rust future is freed, which cancels it.
     """
     if not is_installed():
         coroutine.close()
         raise RuntimeError("the inline driver is not installed")
     _local.cancel = cancel
+    _local.deadline = None if timeout is None else time.monotonic() + timeout
     try:
         coroutine.send(None)
     except StopIteration as stop:
@@ -217,6 +253,7 @@ def run_blocking(coroutine: Coroutine[Any, Any, T], cancel: threading.Event | No
         return result
     finally:
         _local.cancel = None
+        _local.deadline = None
     coroutine.close()
     raise RuntimeError("the call awaited something other than a Rust future")
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import struct
 import threading
+import time
 from typing import Any, Final
 
 from iroh import iroh_ffi
@@ -66,10 +67,12 @@ def _check(status: Any) -> None:
         )
 
 
-def _drive(future: int, poll: Any, cancel: threading.Event | None) -> None:
+def _drive(
+    future: int, poll: Any, cancel: threading.Event | None, deadline: float | None = None
+) -> None:
     """Poll ``future`` until READY, waiting for Rust's continuation on this thread."""
     ready = iroh_ffi._UNIFFI_RUST_FUTURE_POLL_READY
-    while iroh_async.poll_blocking(future, poll, cancel) != ready:
+    while iroh_async.poll_blocking(future, poll, cancel, deadline) != ready:
         pass
 
 
@@ -96,15 +99,22 @@ def write_all(send: Any, data: bytes, cancel: threading.Event | None = None) -> 
         lib.ffi_iroh_ffi_rust_future_free_void(future)
 
 
-def read(recv: Any, size_limit: int, cancel: threading.Event | None = None) -> bytes:
-    """``recv.read(size_limit)`` for a thread without an event loop; ``b""`` at the end."""
+def read(
+    recv: Any,
+    size_limit: int,
+    cancel: threading.Event | None = None,
+    timeout: float | None = None,
+) -> bytes:
+    """``recv.read(size_limit)`` for a thread without an event loop; ``b""`` at the end. Gives
+    up like :func:`.iroh_async.run_blocking` (``cancel``, ``timeout``), having read nothing."""
+    deadline = None if timeout is None else time.monotonic() + timeout
     lib = iroh_ffi._UniffiLib
     status = _status()
     handle = lib.uniffi_iroh_ffi_fn_clone_recvstream(recv._handle, ctypes.byref(status))
     _check(status)
     future = lib.uniffi_iroh_ffi_fn_method_recvstream_read(handle, size_limit)
     try:
-        _drive(future, lib.ffi_iroh_ffi_rust_future_poll_rust_buffer, cancel)
+        _drive(future, lib.ffi_iroh_ffi_rust_future_poll_rust_buffer, cancel, deadline)
         status = _status()
         buffer = lib.ffi_iroh_ffi_rust_future_complete_rust_buffer(future, ctypes.byref(status))
         _check(status)

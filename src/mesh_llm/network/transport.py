@@ -134,6 +134,8 @@ def _translated(what: str) -> Iterator[None]:
         raise TransportError(f"{what}: {_describe(exc)}") from exc
     except iroh_async.BlockingCallCancelledError:
         raise TransportError(f"{what}: cancelled") from None
+    except iroh_async.BlockingCallTimeoutError:
+        raise TimeoutError(f"{what}: timed out") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,15 +181,19 @@ class BiStream:
             else:
                 iroh_async.run_blocking(self._send.write_all(data), cancel)
 
-    def read_blocking(self, n: int, cancel: threading.Event | None = None) -> bytes:
-        """:meth:`read` for a thread without an event loop; setting ``cancel`` gives it up."""
+    def read_blocking(
+        self, n: int, cancel: threading.Event | None = None, timeout: float | None = None
+    ) -> bytes:
+        """:meth:`read` for a thread without an event loop; setting ``cancel`` gives it up
+        (:class:`TransportError`), so does ``timeout`` seconds without data (``TimeoutError``,
+        nothing read: the bytes come with the next read)."""
         if n <= 0:
             raise ValueError("read size must be positive")
         with _translated("stream read"):
             if iroh_direct.available():
-                data = iroh_direct.read(self._recv, n, cancel)
+                data = iroh_direct.read(self._recv, n, cancel, timeout)
             else:
-                data = iroh_async.run_blocking(self._recv.read(n), cancel)
+                data = iroh_async.run_blocking(self._recv.read(n), cancel, timeout)
         if not data:
             self._eof = True
         return data

@@ -13,9 +13,11 @@ import contextlib
 import functools
 import os
 import queue
+import select
 import socket
 import struct
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol, cast
 
@@ -285,22 +287,101 @@ def release_socket(sock: socket.socket) -> None:
     sock.close()
 
 
+class BlockingRead(Protocol):
+    """``read_blocking(n, cancel, timeout)`` of an HTTP tunnel stream."""
+
+    def __call__(
+        self, n: int, cancel: threading.Event, timeout: float | None = None, /
+    ) -> bytes: ...
+
+
 async def relay_from(
-    read_blocking: Callable[[int, threading.Event], bytes],
+    read_blocking: BlockingRead,
     client: asyncio.WriteTransport,
     observe: Callable[[bytes], None],
 ) -> None:
-    """Relay a source read from a relay thread (an HTTP tunnel: ``read_blocking(n, cancel)``) into
-    the client's socket; the read and the socket write of each chunk happen in the thread."""
+    """Relay a source read from a relay thread (an HTTP tunnel) into the client's socket; the
+    read and the socket write of each chunk happen in the thread (see :class:`_DrainingWriter`
+    for a client that stops reading)."""
     down = await take_over_socket(client, socket.SO_SNDTIMEO)
     cancel = threading.Event()
+    writer = _DrainingWriter(
+        down, lambda timeout: read_blocking(_RELAY_READ, cancel, timeout), observe
+    )
     await run_relay(
         functools.partial(read_blocking, _RELAY_READ, cancel),
-        down.sendall,
+        writer.write,
         observe,
         on_cancel=functools.partial(_cut, cancel, down),
         cleanup=functools.partial(release_socket, down),
     )
+
+
+_STALL_POLL_S = 0.01
+STALL_CAP = 16 * 1024 * 1024
+
+
+class _DrainingWriter:
+    """Writes a tunnel's chunks to the client's socket and, while the socket is full, keeps
+    reading the tunnel into memory.
+
+    A QUIC stream must not be left unread holding many small chunks: the QUIC stack in the iroh
+    wheel closes the whole connection (every tunnel and the gossip on it) at about two thousand
+    ("too many gaps in stream buffer", docs/DESIGN.md), and token streams are made of small
+    chunks. So when a ``send`` does not take a whole chunk, the thread alternates between waiting
+    up to :data:`_STALL_POLL_S` for more of the tunnel and offering what is pending to the socket.
+    A client :data:`STALL_CAP` bytes behind, or one that takes nothing for ``RELAY_IDLE_S``, is
+    cut off (:class:`ClientGoneError`). The common case costs what ``sendall`` did: one ``send``.
+    """
+
+    __slots__ = ("_observe", "_read_within", "_sock")
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        read_within: Callable[[float], bytes],
+        observe: Callable[[bytes], None],
+    ) -> None:
+        self._sock = sock
+        self._read_within = read_within
+        self._observe = observe
+
+    def write(self, data: bytes) -> None:
+        try:
+            sent = self._sock.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(data):
+            self._drain(bytearray(memoryview(data)[sent:]))
+
+    def _drain(self, pending: bytearray) -> None:
+        source_open = True
+        progress = time.monotonic()
+        while pending:
+            try:
+                sent = self._sock.send(pending, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            if sent:
+                del pending[:sent]
+                progress = time.monotonic()
+                continue
+            if time.monotonic() - progress > RELAY_IDLE_S:
+                raise ClientGoneError(f"client took nothing for {RELAY_IDLE_S:.0f} s")
+            if not source_open:
+                select.select([], [self._sock], [], _STALL_POLL_S)
+                continue
+            if len(pending) >= STALL_CAP:
+                raise ClientGoneError(f"client more than {STALL_CAP >> 20} MiB behind")
+            try:
+                more = self._read_within(_STALL_POLL_S)
+            except TimeoutError:
+                continue
+            if more:
+                self._observe(more)
+                pending += more
+            else:
+                source_open = False  # the next read of the relay loop sees the end again
 
 
 def _cut(cancel: threading.Event | None, *socks: socket.socket) -> None:

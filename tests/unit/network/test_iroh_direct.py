@@ -108,3 +108,32 @@ async def test_continuations_from_rust_threads_keep_their_thread_state(
     python_threads = {t.ident for t in threading.enumerate()}
     assert iroh_async._kept_thread_states
     assert not iroh_async._kept_thread_states & python_threads
+
+
+async def test_a_read_that_times_out_takes_nothing(
+    pair: tuple[Transport, Transport], path: str
+) -> None:
+    out, inbound = await open_stream(*pair, b"!")
+    with pytest.raises(TimeoutError):
+        await asyncio.to_thread(inbound.read_blocking, 100, None, 0.02)
+    messages = [b"%04d" % i for i in range(300)]
+    received = bytearray()
+    timeouts = 0
+
+    def reader() -> None:  # most reads give up before their bytes come: none may be lost
+        nonlocal timeouts
+        while len(received) < 4 * len(messages):
+            try:
+                received.extend(inbound.read_blocking(65_536, None, 0.0005))
+            except TimeoutError:
+                timeouts += 1
+
+    async with asyncio.timeout(STEP):
+        reading = asyncio.ensure_future(asyncio.to_thread(reader))
+        for message in messages:
+            await out.write(message)
+            await asyncio.sleep(0.002)
+        await reading
+    assert bytes(received) == b"".join(messages)
+    assert timeouts > len(messages)
+    assert not iroh_async._pending
