@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
-from streamclient import chat_body, compare_paths, stream_chat  # noqa: E402
+from streamclient import chat_body, compare_paths, format_ci, stream_chat  # noqa: E402
 from synth_model import write_synthetic_llama  # noqa: E402
 
 from tests.integration.harness import MeshNode, http_json, smollm_path, wait_for  # noqa: E402
@@ -46,6 +46,7 @@ async def tunnel_vs_direct(
         "direct_tok_s": m["baseline_tok_s"],
         "tunnel_tok_s": m["other_tok_s"],
         "tok_s_ratio": m["tok_s_ratio"],
+        "tok_s_ratio_ci95": m["tok_s_ratio_ci95"],
         "ratio_of_medians": m["ratio_of_medians"],
         "direct_ttft_ms": m["baseline_ttft_ms"],
         "tunnel_ttft_ms": m["other_ttft_ms"],
@@ -121,12 +122,12 @@ def main() -> None:
     result["rows"] = rows
     print(
         f"{'model':28} {'direct tok/s':>12} {'tunnel tok/s':>12} {'ratio':>6} "
-        f"{'direct TTFT':>12} {'tunnel TTFT':>12} {'added':>8}"
+        f"{'95% CI':>13} {'direct TTFT':>12} {'tunnel TTFT':>12} {'added':>8}"
     )
     for r in rows:
         print(
             f"{r['model']!s:28} {r['direct_tok_s']:>12} {r['tunnel_tok_s']:>12} "
-            f"{r['tok_s_ratio']:>6} "
+            f"{r['tok_s_ratio']:>6} {format_ci(r['tok_s_ratio_ci95']):>13} "
             f"{r['direct_ttft_ms']:>10}ms {r['tunnel_ttft_ms']:>10}ms {r['ttft_added_ms']:>6}ms"
         )
     print(f"join -> first token (s): {result.get('join_to_first_token_s')}")

@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
-from streamclient import chat_body, compare_paths  # noqa: E402
+from streamclient import chat_body, compare_paths, format_ci  # noqa: E402
 from synth_model import write_synthetic_llama  # noqa: E402
 
 from tests.integration.harness import MeshNode, http_json, smollm_path, wait_for  # noqa: E402
@@ -43,6 +43,7 @@ async def compare(node: MeshNode, model: str, rounds: int, max_tokens: int) -> d
         "direct_tok_s": m["baseline_tok_s"],
         "proxy_tok_s": m["other_tok_s"],
         "tok_s_ratio": m["tok_s_ratio"],
+        "tok_s_ratio_ci95": m["tok_s_ratio_ci95"],
         "ratio_of_medians": m["ratio_of_medians"],
         "direct_ttft_ms": m["baseline_ttft_ms"],
         "proxy_ttft_ms": m["other_ttft_ms"],
@@ -73,12 +74,12 @@ def main() -> None:
         rows.append(run_model(smol, args.rounds, args.max_tokens, work))
         rows.append(run_model(synth, args.rounds, args.max_tokens, work))
     header = f"{'model':32} {'direct tok/s':>12} {'proxy tok/s':>12} {'ratio':>6} "
-    header += f"{'direct TTFT':>12} {'proxy TTFT':>11} {'added':>8}"
+    header += f"{'95% CI':>13} {'direct TTFT':>12} {'proxy TTFT':>11} {'added':>8}"
     print(header)
     for r in rows:
         print(
             f"{r['model']!s:32} {r['direct_tok_s']:>12} {r['proxy_tok_s']:>12} "
-            f"{r['tok_s_ratio']:>6} "
+            f"{r['tok_s_ratio']:>6} {format_ci(r['tok_s_ratio_ci95']):>13} "
             f"{r['direct_ttft_ms']:>10}ms {r['proxy_ttft_ms']:>9}ms {r['ttft_added_ms']:>6}ms"
         )
     out = REPO / "bench" / "results"

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 
 @dataclass(frozen=True)
@@ -71,9 +74,28 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def format_ci(bounds: object) -> str:
+    """``[low, high]`` of a ``tok_s_ratio_ci95`` entry."""
+    low, high = cast("Sequence[float]", bounds)
+    return f"[{low}, {high}]"
+
+
+def median_ci95(values: list[float]) -> tuple[float, float]:
+    """A distribution-free 95% confidence interval for the median: the order statistics
+    (X(j), X(n+1-j)) for the largest j whose coverage P(j <= Binomial(n, 1/2) <= n-j) is at
+    least 0.95 (n=9: ranks 2 and 8; n=15: 4 and 12); (nan, nan) below 6 values."""
+    n = len(values)
+    ordered = sorted(values)
+    pmf = [math.comb(n, i) / 2**n for i in range(n + 1)]
+    for j in range(n // 2, 0, -1):
+        if sum(pmf[j : n - j + 1]) >= 0.95:
+            return ordered[j - 1], ordered[n - j]
+    return float("nan"), float("nan")
+
+
 async def compare_paths(
     baseline_port: int, other_port: int, body: bytes, rounds: int, warmup: int = 2
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Stream the same request through two paths, interleaved (alternating which goes first),
     and return the medians: tok/s and time to first token of each, their ratio and difference.
 
@@ -94,11 +116,14 @@ async def compare_paths(
     b_tps, o_tps = median([r.tok_per_s for r in base]), median([r.tok_per_s for r in other])
     b_ttft = median([r.ttft_s for r in base]) * 1000
     o_ttft = median([r.ttft_s for r in other]) * 1000
-    paired = median([o.tok_per_s / b.tok_per_s for b, o in zip(base, other, strict=True)])
+    ratios = [o.tok_per_s / b.tok_per_s for b, o in zip(base, other, strict=True)]
+    paired = median(ratios)
+    low, high = median_ci95(ratios)
     return {
         "baseline_tok_s": round(b_tps, 1),
         "other_tok_s": round(o_tps, 1),
         "tok_s_ratio": round(paired, 3),
+        "tok_s_ratio_ci95": [round(low, 3), round(high, 3)],
         "ratio_of_medians": round(o_tps / b_tps, 3),
         "baseline_ttft_ms": round(b_ttft, 2),
         "other_ttft_ms": round(o_ttft, 2),
