@@ -85,6 +85,7 @@ _handles = itertools.count(1)
 
 
 _kept_thread_states: set[int] = set()
+_MAX_KEPT: Final = 64
 
 
 def _keep_thread_state(thread: int) -> None:
@@ -93,10 +94,16 @@ def _keep_thread_state(thread: int) -> None:
     A ctypes callback on a thread Python did not start gets a thread state created before and
     destroyed after each call (``PyGILState_Ensure``/``Release``), which measured ~50 us of CPU
     per continuation on this project's VM. One extra ``PyGILState_Ensure`` on the thread's first
-    callback, never released, keeps the state for the thread's life (a few tokio workers).
+    callback, never released, keeps the state for the thread's life (a few tokio workers; at
+    most :data:`_MAX_KEPT` threads, since a state outlives its thread by a few kilobytes).
     """
     active = getattr(threading, "_active", None)
-    if active is None or thread in active or thread in _kept_thread_states:
+    if (
+        active is None
+        or thread in active
+        or thread in _kept_thread_states
+        or len(_kept_thread_states) >= _MAX_KEPT
+    ):
         return
     _kept_thread_states.add(thread)
     ctypes.pythonapi.PyGILState_Ensure()
