@@ -119,7 +119,10 @@ def test_completions(node: MeshNode) -> None:
 
 def test_responses_plain(node: MeshNode) -> None:
     response = client(node).responses.create(
-        model=MODEL, input="Say hello in one short sentence.", max_output_tokens=24
+        model=MODEL,
+        input="Say hello in one short sentence.",
+        max_output_tokens=24,
+        temperature=0,
     )
     assert response.status == "completed"
     assert response.output_text.strip()
@@ -132,14 +135,19 @@ def test_responses_plain(node: MeshNode) -> None:
 
 
 def test_responses_max_output_tokens_is_honoured(node: MeshNode) -> None:
-    response = client(node).responses.create(model=MODEL, input=LONG, max_output_tokens=5)
+    response = client(node).responses.create(
+        model=MODEL, input=LONG, max_output_tokens=5, temperature=0
+    )
     assert response.usage is not None
     assert response.usage.output_tokens == 5
 
 
 def test_responses_streamed(node: MeshNode) -> None:
     with client(node).responses.stream(
-        model=MODEL, input="Say hello in one short sentence.", max_output_tokens=24
+        model=MODEL,
+        input="Say hello in one short sentence.",
+        max_output_tokens=24,
+        temperature=0,
     ) as stream:
         kinds = []
         deltas = []
@@ -165,6 +173,7 @@ def test_responses_function_call(node: MeshNode) -> None:
         tools=[tool],  # type: ignore[list-item]
         tool_choice="required",
         max_output_tokens=64,
+        temperature=0,  # greedy like the other tool-call tests: the plumbing is tested, not luck
     )
     calls = [item for item in response.output if item.type == "function_call"]
     assert [c.name for c in calls] == ["get_weather"]

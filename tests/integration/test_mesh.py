@@ -42,7 +42,10 @@ def client(node: MeshNode) -> openai.OpenAI:
 
 def chat(node: MeshNode, model: str) -> tuple[str, str]:
     raw = client(node).chat.completions.with_raw_response.create(
-        model=model, messages=[{"role": "user", "content": "Say hi."}], max_tokens=8
+        model=model,
+        messages=[{"role": "user", "content": "Say hi."}],
+        max_tokens=8,
+        temperature=0,
     )
     reply = raw.parse()
     assert reply.choices[0].message.content
@@ -113,6 +116,7 @@ def test_client_lists_and_chats_through_tunnel(mesh: Mesh) -> None:
         model=MODEL_A,
         messages=[{"role": "user", "content": "Count to five."}],
         max_tokens=16,
+        temperature=0,
         stream=True,
     )
     pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
