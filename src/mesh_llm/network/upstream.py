@@ -319,6 +319,7 @@ async def relay_from(
 
 _STALL_POLL_S = 0.01
 STALL_CAP = 16 * 1024 * 1024
+_COMPACT_AT = 1 << 20
 
 
 class _DrainingWriter:
@@ -355,23 +356,28 @@ class _DrainingWriter:
             self._drain(bytearray(memoryview(data)[sent:]))
 
     def _drain(self, pending: bytearray) -> None:
+        """Send ``pending`` (and what more the tunnel brings meanwhile) to the client."""
         source_open = True
         progress = time.monotonic()
-        while pending:
+        start = 0  # pending[start:] is still to send; the sent head is dropped now and then
+        while start < len(pending):
             try:
-                sent = self._sock.send(pending, socket.MSG_DONTWAIT)
+                sent = self._sock.send(memoryview(pending)[start:], socket.MSG_DONTWAIT)
             except BlockingIOError:
                 sent = 0
             if sent:
-                del pending[:sent]
+                start += sent
                 progress = time.monotonic()
+                if start >= _COMPACT_AT and start * 2 >= len(pending):
+                    del pending[:start]
+                    start = 0
                 continue
             if time.monotonic() - progress > RELAY_IDLE_S:
                 raise ClientGoneError(f"client took nothing for {RELAY_IDLE_S:.0f} s")
             if not source_open:
                 select.select([], [self._sock], [], _STALL_POLL_S)
                 continue
-            if len(pending) >= STALL_CAP:
+            if len(pending) - start >= STALL_CAP:
                 raise ClientGoneError(f"client more than {STALL_CAP >> 20} MiB behind")
             try:
                 more = self._read_within(_STALL_POLL_S)

@@ -112,3 +112,37 @@ async def test_a_client_too_far_behind_is_cut_off(
         finally:
             stop.set()
             await flooding
+
+
+def test_the_drain_keeps_order_across_megabytes() -> None:
+    """The relay's drain on its own: a socket that takes nothing at first, a tunnel that keeps
+    bringing 1 KiB pieces (3 MiB, past the point where the sent head is dropped)."""
+    relay_end, client_end = socket.socketpair()
+    relay_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    pieces = [bytes([i % 251]) * 1024 for i in range(3 * 1024)]
+    supply = iter(pieces)
+    observed = bytearray()
+
+    def read_within(timeout: float) -> bytes:
+        return next(supply, b"")
+
+    writer = upstream._DrainingWriter(relay_end, read_within, observed.extend)
+    first = b"head" * 50_000  # more than the socket takes: the drain starts at once
+    received = bytearray()
+
+    def read_later() -> None:
+        time.sleep(0.2)  # the drain must keep reading the tunnel meanwhile
+        client_end.settimeout(STEP)
+        while len(received) < len(first) + 3 * 1024 * 1024:
+            received.extend(client_end.recv(1 << 16))
+
+    reader = threading.Thread(target=read_later)
+    reader.start()
+    try:
+        writer.write(first)
+    finally:
+        reader.join(STEP)
+        relay_end.close()
+        client_end.close()
+    assert bytes(observed) == b"".join(pieces)
+    assert bytes(received) == first + b"".join(pieces)
