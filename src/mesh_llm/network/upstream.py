@@ -360,6 +360,8 @@ class _DrainingWriter:
         source_open = True
         progress = time.monotonic()
         start = 0  # pending[start:] is still to send; the sent head is dropped now and then
+        writable = select.poll()  # not select(): descriptors past 1023 are common on a busy node
+        writable.register(self._sock, select.POLLOUT)
         while start < len(pending):
             try:
                 sent = self._sock.send(memoryview(pending)[start:], socket.MSG_DONTWAIT)
@@ -375,7 +377,7 @@ class _DrainingWriter:
             if time.monotonic() - progress > RELAY_IDLE_S:
                 raise ClientGoneError(f"client took nothing for {RELAY_IDLE_S:.0f} s")
             if not source_open:
-                select.select([], [self._sock], [], _STALL_POLL_S)
+                writable.poll(_STALL_POLL_S * 1000)
                 continue
             if len(pending) - start >= STALL_CAP:
                 raise ClientGoneError(f"client more than {STALL_CAP >> 20} MiB behind")
