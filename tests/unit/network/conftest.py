@@ -37,7 +37,11 @@ async def connect(a: Transport, b: Transport) -> tuple[Conn, Conn]:
 
 async def open_stream(a: Transport, b: Transport, first: bytes) -> tuple[BiStream, BiStream]:
     """Connect, open a stream from a to b and deliver ``first``; returns (a's end, b's end)."""
-    ab, ba = await connect(a, b)
+    return await open_stream_on(*await connect(a, b), first)
+
+
+async def open_stream_on(ab: Conn, ba: Conn, first: bytes) -> tuple[BiStream, BiStream]:
+    """Open a stream on an existing connection and deliver ``first``; returns (ab's end, ba's)."""
     async with asyncio.timeout(STEP):
         out = await ab.open_bi()
         await out.write(first)

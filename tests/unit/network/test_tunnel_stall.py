@@ -13,19 +13,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from mesh_llm.network import upstream
-from mesh_llm.network.transport import BiStream, Conn, Transport
+from mesh_llm.network.transport import BiStream, Transport
 from mesh_llm.network.upstream import ClientGoneError, relay_from
-from tests.unit.network.conftest import STEP, connect
+from tests.unit.network.conftest import STEP, connect, open_stream_on
 
 pytestmark = pytest.mark.timeout(60)
-
-
-async def _stream(ab: Conn, ba: Conn) -> tuple[BiStream, BiStream]:
-    out = await ab.open_bi()
-    await out.write(b"!")
-    inbound = await ba.accept_bi()
-    assert await inbound.read_exact(1) == b"!"
-    return out, inbound
 
 
 @contextlib.asynccontextmanager
@@ -71,7 +63,7 @@ async def test_a_stalled_client_keeps_the_connection_and_gets_everything(
     pair: tuple[Transport, Transport],
 ) -> None:
     ab, ba = await connect(*pair)
-    out, inbound = await _stream(ab, ba)
+    out, inbound = await open_stream_on(ab, ba, b"!")
     messages = [b"data: %05d %s\n\n" % (i, b"x" * 86) for i in range(5000)]  # ~2,000 chunks kill
     expected = b"".join(messages)
     observed = bytearray()
@@ -79,7 +71,8 @@ async def test_a_stalled_client_keeps_the_connection_and_gets_everything(
         relay = asyncio.ensure_future(relay_from(inbound.read_blocking, transport, observed.extend))
         async with asyncio.timeout(STEP * 3):
             await asyncio.to_thread(_write_paced, out, messages)
-            other_out, other_in = await _stream(ab, ba)  # the connection still carries streams
+            # the connection still carries streams
+            other_out, other_in = await open_stream_on(ab, ba, b"!")
             await other_out.write(b"ping")
             assert await other_in.read_exact(4) == b"ping"
             await out.finish()
@@ -94,7 +87,7 @@ async def test_a_client_too_far_behind_is_cut_off(
 ) -> None:
     monkeypatch.setattr(upstream, "STALL_CAP", 64 * 1024)
     ab, ba = await connect(*pair)
-    out, inbound = await _stream(ab, ba)
+    out, inbound = await open_stream_on(ab, ba, b"!")
     async with _stuck_client() as (_client, transport):
         relay = asyncio.ensure_future(relay_from(inbound.read_blocking, transport, lambda _: None))
         stop = threading.Event()
