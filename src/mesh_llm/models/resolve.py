@@ -166,6 +166,8 @@ def resolve_model(
     text = ref.strip()
     if not text:
         raise ModelNotFoundError("empty model reference; " + _LIST_HINT)
+    if "\x00" in text:  # no path or name holds one; os calls would raise ValueError
+        raise ModelNotFoundError(f"model reference {text!r} contains a NUL character")
 
     if "://" in text:
         hf = parse_hf_url(text)

@@ -4,7 +4,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mesh_llm.errors import DownloadError, MeshLlmError, ModelNotFoundError
@@ -241,6 +241,8 @@ def test_sibling_mmproj_is_found(dirs: Dirs) -> None:
     deadline=None, max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(ref=st.text(max_size=60))
+@example(ref="~\x00")  # once found by this test: expanduser raised ValueError
+@example(ref="models/a\x00.gguf")
 def test_any_text_resolves_or_raises_a_model_error(dirs: Dirs, ref: str) -> None:
     try:
         resolved = resolve_model(ref, download=False, downloader=_no_network)
