@@ -110,6 +110,10 @@ class TunnelStream:
         self._traffic.add_received(len(data))
         return data
 
+    def native_source(self) -> tuple[Any, Callable[[int], None]]:
+        """The tunnel's receive half and byte counter, for the C relay loop."""
+        return self._stream.native_recv(), self._traffic.add_received
+
     async def aclose(self) -> None:
         with contextlib.suppress(TransportError):
             await self._stream.reset(0)

@@ -6,6 +6,7 @@ from mesh_llm.network.ingress import (
     render_openai_error,
 )
 from mesh_llm.network.iroh_patch import apply as apply_iroh_patch
+from mesh_llm.network.native_relay import prepare as prepare_native_relay
 from mesh_llm.network.routing import (
     EMBEDDING_PATHS,
     JSON_API_PATHS,
@@ -58,6 +59,7 @@ __all__ += [
     "apply_iroh_patch",
     "generate_key",
     "load_or_create_key",
+    "prepare_native_relay",
 ]
 __all__ += [
     "DEFAULT_STORE_CAP_BYTES",

@@ -18,7 +18,7 @@ import logging
 import socket
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from mesh_llm.errors import HttpProtocolError, MeshLlmError, PortInUseError, TransportError
 from mesh_llm.network.event_streams import rewriter_for
@@ -34,7 +34,9 @@ from mesh_llm.network.routing import (
 from mesh_llm.network.stream_end import ChunkedTracker, stream_error_tail
 from mesh_llm.network.transport import BiStream
 from mesh_llm.network.upstream import (
+    BlockingSource,
     ClientGoneError,
+    NativeEnd,
     TcpUpstream,
     UpstreamStream,
     relay_from,
@@ -103,15 +105,6 @@ class ByteCounter(Protocol):
     def add_sent(self, n: int) -> None: ...
 
     def add_received(self, n: int) -> None: ...
-
-
-@runtime_checkable
-class BlockingSource(Protocol):
-    """An upstream a relay thread can read from (an HTTP tunnel to a peer)."""
-
-    def read_blocking(
-        self, n: int, cancel: threading.Event, timeout: float | None = None
-    ) -> bytes: ...
 
 
 class _Client:
@@ -218,6 +211,10 @@ class _StreamClient(_Client):
         self.stream.write_blocking(data, cancel)
         if self.counter is not None:
             self.counter.add_sent(len(data))
+
+    def native_sink(self) -> NativeEnd | None:
+        """The tunnel's send half and byte counter, for the C relay loop."""
+        return self.stream.native_send(), self.counter.add_sent if self.counter else None
 
     async def wait_gone(self) -> None:
         with contextlib.suppress(TransportError):
@@ -534,9 +531,9 @@ class Ingress:
             if rewriter is None and isinstance(upstream, TcpUpstream) and client_socket:
                 await upstream.relay(client_socket, observe)
             elif rewriter is None and isinstance(upstream, TcpUpstream) and stream_client:
-                await upstream.relay_into(stream_client.write_blocking, observe, conn.write)
+                await upstream.relay_into(stream_client, observe, conn.write)
             elif rewriter is None and client_socket and isinstance(upstream, BlockingSource):
-                await relay_from(upstream.read_blocking, client_socket, observe)
+                await relay_from(upstream, client_socket, observe)
             else:
                 while chunk := await upstream.read(READ_SIZE):
                     if rewriter is not None:
@@ -609,12 +606,8 @@ async def _read_decision(upstream: UpstreamStream, *, check_overflow: bool) -> b
         return bytes(buf)
 
 
-def _observer(tracker: ChunkedTracker | None) -> Callable[[bytes], None]:
-    return tracker.feed if tracker is not None else _ignore
-
-
-def _ignore(_: bytes) -> None:
-    pass
+def _observer(tracker: ChunkedTracker | None) -> Callable[[bytes], None] | None:
+    return tracker.feed if tracker is not None else None
 
 
 async def _close_upstream(upstream: UpstreamStream | None) -> None:

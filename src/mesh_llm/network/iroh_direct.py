@@ -28,7 +28,15 @@ from iroh import iroh_ffi
 
 from mesh_llm.network import iroh_async
 
-__all__ = ["available", "read", "write_all"]
+__all__ = [
+    "available",
+    "call_status",
+    "describe_error",
+    "describe_status",
+    "ffi_library",
+    "read",
+    "write_all",
+]
 
 _LEN: Final = struct.Struct(">i")
 _U64: Final = ctypes.c_uint64
@@ -58,6 +66,35 @@ def _status() -> Any:
         status = _local.status = iroh_ffi._UniffiRustCallStatus()
     status.code = 0
     return status
+
+
+def call_status() -> Any:
+    """A fresh call-status structure (success), for a call made outside this module."""
+    return iroh_ffi._UniffiRustCallStatus()
+
+
+def ffi_library() -> Any:
+    """The bindings' ctypes library (the entry points :func:`available` checked)."""
+    return iroh_ffi._UniffiLib
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line description of an error raised by the bindings."""
+    if isinstance(exc, iroh_ffi.IrohError):
+        try:
+            return f"{exc.kind().name.lower()}: {exc.message()}"
+        except Exception:  # noqa: BLE001 - describing an error must not raise
+            return repr(exc)
+    return str(exc) or type(exc).__name__
+
+
+def describe_status(status: Any) -> str:
+    """Describe (and free) the error a failed call left in ``status``."""
+    try:
+        _check(status)
+    except (iroh_ffi.IrohError, iroh_ffi.InternalError) as exc:
+        return describe_error(exc)
+    return "no error"
 
 
 def _check(status: Any) -> None:

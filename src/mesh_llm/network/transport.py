@@ -116,22 +116,13 @@ def _create_key_file(path: Path) -> bytes:
 # Error translation
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, iroh.IrohError):
-        try:
-            return f"{exc.kind().name.lower()}: {exc.message()}"
-        except Exception:  # noqa: BLE001 - describing an error must not raise
-            return repr(exc)
-    return str(exc) or type(exc).__name__
-
-
 @contextlib.contextmanager
 def _translated(what: str) -> Iterator[None]:
     """Turn errors from the bindings into :class:`TransportError`."""
     try:
         yield
     except (iroh.IrohError, iroh.InternalError) as exc:
-        raise TransportError(f"{what}: {_describe(exc)}") from exc
+        raise TransportError(f"{what}: {iroh_direct.describe_error(exc)}") from exc
     except iroh_async.BlockingCallCancelledError:
         raise TransportError(f"{what}: cancelled") from None
     except iroh_async.BlockingCallTimeoutError:
@@ -197,6 +188,20 @@ class BiStream:
         if not data:
             self._eof = True
         return data
+
+    def native_send(self) -> Any:
+        """The bindings' send half, for :mod:`.native_relay`'s loops (which write like
+        :meth:`write_blocking`)."""
+        return self._send
+
+    def native_recv(self) -> Any:
+        """The bindings' receive half, for :mod:`.native_relay`'s loops (which read like
+        :meth:`read_blocking`)."""
+        return self._recv
+
+    def native_source(self) -> tuple[Any, None]:
+        """:meth:`native_recv`, uncounted (see ``upstream.BlockingSource``)."""
+        return self._recv, None
 
     async def read_exact(self, n: int) -> bytes:
         """Exactly ``n`` bytes; :class:`TransportError` if the stream ends first."""
@@ -406,7 +411,7 @@ class Transport:
             detail = _debug_message(exc)
             if "Address already in use" in detail:
                 raise PortInUseError(f"UDP address {addr} is already in use") from exc
-            raise TransportError(f"endpoint bind: {_describe(exc)}") from exc
+            raise TransportError(f"endpoint bind: {iroh_direct.describe_error(exc)}") from exc
         transport = cls(endpoint)
         log.debug("bound endpoint %s on %s", transport.node_id[:10], transport.bound_sockets())
         return transport
@@ -499,7 +504,7 @@ class Transport:
                     accepting = await incoming.accept()
                     raw = await accepting.connect()
             except (iroh.IrohError, iroh.InternalError, TimeoutError) as exc:
-                log.debug("inbound handshake failed: %s", _describe(exc))
+                log.debug("inbound handshake failed: %s", iroh_direct.describe_error(exc))
                 continue
             return _accepted(raw)
 

@@ -19,12 +19,21 @@ import struct
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol, cast
+from typing import Any, Protocol, cast, runtime_checkable
 
 from mesh_llm.errors import MeshLlmError, TransportError
+from mesh_llm.network import native_relay
+from mesh_llm.network.native_relay import (
+    NativeRelay,
+    RelayCancelledError,
+    RelaySinkError,
+    RelaySourceError,
+)
 from mesh_llm.network.routing import Target
 
 __all__ = [
+    "BlockingSink",
+    "BlockingSource",
     "ClientGoneError",
     "TcpUpstream",
     "UpstreamStream",
@@ -136,13 +145,16 @@ class TcpUpstream(asyncio.Protocol):
             self._transport.resume_reading()
         return data
 
-    async def relay(self, client: asyncio.WriteTransport, observe: Callable[[bytes], None]) -> None:
+    async def relay(
+        self, client: asyncio.WriteTransport, observe: Callable[[bytes], None] | None
+    ) -> None:
         """Relay the rest of the response into ``client``'s socket until the upstream closes.
 
         The bytes move in a thread of their own (:func:`run_relay`), between duplicates of the two
         sockets' descriptors (:func:`_dup_socket`): a blocking ``recv`` and ``sendall`` per chunk,
-        and ``observe`` on each chunk first. On a CPU-bound machine an event-loop relay costs
-        about 1.5x the CPU per chunk (``docs/BENCHMARKS.md``).
+        and ``observe`` on each chunk first; in C (:mod:`.native_relay`) where it is built. On a
+        CPU-bound machine an event-loop relay costs about 1.5x the CPU per chunk
+        (``docs/BENCHMARKS.md``).
 
         Raises :class:`ClientGoneError` if the client's socket fails, TransportError if the
         upstream's does. Cancelling shuts both connections down, which ends the thread.
@@ -155,23 +167,27 @@ class TcpUpstream(asyncio.Protocol):
         except BaseException:
             release_socket(up)
             raise
-
+        native = NativeRelay() if native_relay.available() else None
+        pump: Callable[[], None]
+        if native is not None:
+            pump = functools.partial(native.socket_to_socket, up, down, _RELAY_READ, observe)
+        else:
+            pump = _python_pump(functools.partial(up.recv, _RELAY_READ), down.sendall, observe)
         await run_relay(
-            functools.partial(up.recv, _RELAY_READ),
-            down.sendall,
-            observe,
+            pump,
             on_cancel=functools.partial(_cut, None, up, down),
             cleanup=functools.partial(_release_all, up, down),
+            native=native,
         )
 
     async def relay_into(
         self,
-        write_blocking: Callable[[bytes, threading.Event], None],
-        observe: Callable[[bytes], None],
+        sink: BlockingSink,
+        observe: Callable[[bytes], None] | None,
         write: Callable[[bytes], Awaitable[None]],
     ) -> None:
-        """Like :meth:`relay`, into a sink written from the relay thread (an HTTP tunnel stream:
-        ``write_blocking(data, cancel)``); ``write`` sends what was read before the hand-over."""
+        """Like :meth:`relay`, into a sink written from the relay thread (an HTTP tunnel stream);
+        ``write`` sends what was read before the hand-over."""
         pending: list[bytes] = []
         up = self._take_over(observe, pending.append)
         try:
@@ -184,16 +200,29 @@ class TcpUpstream(asyncio.Protocol):
         if up is None:
             return
         cancel = threading.Event()
+        end = sink.native_sink() if native_relay.streams_available() else None
+        native = NativeRelay() if end is not None else None
+        pump: Callable[[], None]
+        if native is not None and end is not None:
+            send, count = end
+            pump = functools.partial(
+                native.socket_to_stream, up, send, _RELAY_READ, _counting(observe, count)
+            )
+        else:
+            pump = _python_pump(
+                functools.partial(up.recv, _RELAY_READ),
+                lambda data: sink.write_blocking(data, cancel),
+                observe,
+            )
         await run_relay(
-            functools.partial(up.recv, _RELAY_READ),
-            lambda data: write_blocking(data, cancel),
-            observe,
+            pump,
             on_cancel=functools.partial(_cut, cancel, up),
-            cleanup=lambda: release_socket(up),
+            cleanup=functools.partial(release_socket, up),
+            native=native,
         )
 
     def _take_over(
-        self, observe: Callable[[bytes], None], flush: Callable[[bytes], object]
+        self, observe: Callable[[bytes], None] | None, flush: Callable[[bytes], object]
     ) -> socket.socket | None:
         """Hand what is buffered to ``flush``, stop the event loop reading, and return a blocking
         duplicate of the upstream socket; None if the upstream already ended."""
@@ -201,7 +230,8 @@ class TcpUpstream(asyncio.Protocol):
         if self._buffer:
             data = bytes(self._buffer)
             self._buffer.clear()
-            observe(data)
+            if observe is not None:
+                observe(data)
             flush(data)
         if self._eof or transport is None:
             if self._error is not None:
@@ -287,34 +317,85 @@ def release_socket(sock: socket.socket) -> None:
     sock.close()
 
 
-class BlockingRead(Protocol):
-    """``read_blocking(n, cancel, timeout)`` of an HTTP tunnel stream."""
+NativeEnd = tuple[Any, Callable[[int], None] | None]
+"""An iroh stream half for :mod:`.native_relay` and the byte counter to call per chunk."""
 
-    def __call__(
-        self, n: int, cancel: threading.Event, timeout: float | None = None, /
+
+@runtime_checkable
+class BlockingSource(Protocol):
+    """An upstream a relay thread can read from (an HTTP tunnel to a peer)."""
+
+    def read_blocking(
+        self, n: int, cancel: threading.Event, timeout: float | None = None
     ) -> bytes: ...
+
+    def native_source(self) -> NativeEnd | None:
+        """The stream's receive half for the C relay loop, or None."""
+        ...
+
+
+class BlockingSink(Protocol):
+    """A sink a relay thread can write to (an HTTP tunnel back to the requesting node)."""
+
+    def write_blocking(self, data: bytes, cancel: threading.Event) -> None: ...
+
+    def native_sink(self) -> NativeEnd | None:
+        """The stream's send half for the C relay loop, or None."""
+        ...
 
 
 async def relay_from(
-    read_blocking: BlockingRead,
+    source: BlockingSource,
     client: asyncio.WriteTransport,
-    observe: Callable[[bytes], None],
+    observe: Callable[[bytes], None] | None,
 ) -> None:
     """Relay a source read from a relay thread (an HTTP tunnel) into the client's socket; the
-    read and the socket write of each chunk happen in the thread (see :class:`_DrainingWriter`
-    for a client that stops reading)."""
+    read and the socket write of each chunk happen in the thread, in C where it is built (see
+    :class:`_DrainingWriter` for a client that stops reading)."""
     down = await take_over_socket(client, socket.SO_SNDTIMEO)
     cancel = threading.Event()
     writer = _DrainingWriter(
-        down, lambda timeout: read_blocking(_RELAY_READ, cancel, timeout), observe
+        down, lambda timeout: source.read_blocking(_RELAY_READ, cancel, timeout), observe
     )
+    end = source.native_source() if native_relay.streams_available() else None
+    native = NativeRelay() if end is not None else None
+    if native is not None and end is not None:
+        recv, count = end
+        counted = _counting(observe, count)
+
+        def pump() -> None:
+            while (rest := native.stream_to_socket(recv, _RELAY_READ, down, counted)) is not None:
+                try:  # the client is behind: Python drains the stream until it catches up
+                    writer.drain(bytearray(rest))
+                except (OSError, MeshLlmError) as exc:
+                    raise RelaySinkError(exc) from exc
+
+    else:
+        pump = _python_pump(
+            functools.partial(source.read_blocking, _RELAY_READ, cancel), writer.write, observe
+        )
     await run_relay(
-        functools.partial(read_blocking, _RELAY_READ, cancel),
-        writer.write,
-        observe,
+        pump,
         on_cancel=functools.partial(_cut, cancel, down),
         cleanup=functools.partial(release_socket, down),
+        native=native,
     )
+
+
+def _counting(
+    observe: Callable[[bytes], None] | None, count: Callable[[int], None] | None
+) -> Callable[[bytes], None] | None:
+    """``observe`` and ``count`` for each chunk, as one callback (None if neither)."""
+    if count is None:
+        return observe
+    if observe is None:
+        return lambda data: count(len(data))
+
+    def both(data: bytes) -> None:
+        observe(data)
+        count(len(data))
+
+    return both
 
 
 _STALL_POLL_S = 0.01
@@ -341,7 +422,7 @@ class _DrainingWriter:
         self,
         sock: socket.socket,
         read_within: Callable[[float], bytes],
-        observe: Callable[[bytes], None],
+        observe: Callable[[bytes], None] | None,
     ) -> None:
         self._sock = sock
         self._read_within = read_within
@@ -353,9 +434,9 @@ class _DrainingWriter:
         except BlockingIOError:
             sent = 0
         if sent < len(data):
-            self._drain(bytearray(memoryview(data)[sent:]))
+            self.drain(bytearray(memoryview(data)[sent:]))
 
-    def _drain(self, pending: bytearray) -> None:
+    def drain(self, pending: bytearray) -> None:
         """Send ``pending`` (and what more the tunnel brings meanwhile) to the client."""
         source_open = True
         progress = time.monotonic()
@@ -386,7 +467,8 @@ class _DrainingWriter:
             except TimeoutError:
                 continue
             if more:
-                self._observe(more)
+                if self._observe is not None:
+                    self._observe(more)
                 pending += more
             else:
                 source_open = False  # the next read of the relay loop sees the end again
@@ -412,19 +494,45 @@ async def take_over_socket(client: asyncio.WriteTransport, timeout_option: int) 
     return _dup_socket(client, timeout_option)
 
 
-async def run_relay(
+def _python_pump(
     read: Callable[[], bytes],
     write: Callable[[bytes], object],
-    observe: Callable[[bytes], None],
+    observe: Callable[[bytes], None] | None,
+) -> Callable[[], None]:
+    """A relay loop in Python: chunks from ``read`` (``b""`` at the end) through ``observe`` to
+    ``write``, the failures as :func:`run_relay` expects them."""
+
+    def pump() -> None:
+        while True:
+            try:
+                data = read()
+            except (OSError, MeshLlmError) as exc:  # includes the idle timeout
+                raise RelaySourceError(exc) from exc
+            if not data:
+                return
+            if observe is not None:
+                observe(data)
+            try:
+                write(data)
+            except (OSError, MeshLlmError) as exc:
+                raise RelaySinkError(exc) from exc
+
+    return pump
+
+
+async def run_relay(
+    pump: Callable[[], None],
     *,
     on_cancel: Callable[[], None],
     cleanup: Callable[[], object],
+    native: NativeRelay | None = None,
 ) -> None:
-    """Move chunks from ``read`` (``b""`` at the end) through ``observe`` to ``write`` in a relay
-    thread until the source ends; ``cleanup`` runs in the thread when it stops.
+    """Run ``pump``, a whole relay loop, in a relay thread until its source ends; ``cleanup``
+    runs in the thread when it stops (then ``native``, the C state the pump used, is freed).
 
-    A failing ``read`` raises TransportError here, a failing ``write`` :class:`ClientGoneError`.
-    Cancelling calls ``on_cancel``, which must make the thread's blocking calls return.
+    A source failure (:class:`RelaySourceError`) raises TransportError here, a sink failure
+    (:class:`RelaySinkError`) :class:`ClientGoneError`. Cancelling calls ``on_cancel``, which
+    must make the thread's blocking calls return (and cancels ``native``'s waits).
     """
     loop = asyncio.get_running_loop()
     finished: asyncio.Future[BaseException | None] = loop.create_future()
@@ -432,22 +540,17 @@ async def run_relay(
     def job() -> None:
         outcome: BaseException | None = None
         try:
-            while True:
-                try:
-                    data = read()
-                except (OSError, MeshLlmError) as exc:  # includes the idle timeout
-                    outcome = TransportError(f"upstream read failed: {exc}")
-                    break
-                if not data:
-                    break
-                observe(data)
-                try:
-                    write(data)
-                except (OSError, MeshLlmError) as exc:
-                    outcome = ClientGoneError(f"client write failed: {exc}")
-                    break
+            pump()
+        except RelaySourceError as exc:
+            outcome = TransportError(f"upstream read failed: {exc}")
+        except RelaySinkError as exc:
+            outcome = ClientGoneError(f"client write failed: {exc}")
+        except RelayCancelledError:
+            outcome = TransportError("relay cancelled")
         finally:  # also after a bug in ``observe``: the request must still end
             cleanup()
+            if native is not None:
+                native.close()
             with contextlib.suppress(RuntimeError):  # the loop closed first: nobody waits
                 loop.call_soon_threadsafe(_resolve, finished, outcome)
 
@@ -456,6 +559,8 @@ async def run_relay(
         outcome = await asyncio.shield(finished)
     except asyncio.CancelledError:
         on_cancel()
+        if native is not None:
+            native.cancel()
         raise
     if outcome is not None:
         raise outcome

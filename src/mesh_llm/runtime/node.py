@@ -59,6 +59,7 @@ from mesh_llm.network import (
     Target,
     UpstreamStream,
     connect_local,
+    prepare_native_relay,
 )
 from mesh_llm.protocol import NodeRole, PeerAnnouncement
 from mesh_llm.protocol import ServedModel as WireServedModel
@@ -460,6 +461,7 @@ class Node:
                 loop.remove_signal_handler(sig)
 
     async def _run(self) -> int:
+        prepare_native_relay()
         reaped = reap_recorded_children(self.registry)
         if reaped:
             log.warning("stopped %d llama.cpp process(es) left by a previous run", reaped)

@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import AsyncIterator
 
 import pytest
 
+from mesh_llm.network import native_relay
 from mesh_llm.network.transport import BiStream, Conn, Transport
 
 STEP = 10.0  # generous bound for any single loopback operation
+
+
+@pytest.fixture(params=["python", "native"])
+def relay_loops(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test with the relay threads' loops in Python, then in C (``native_relay``)."""
+    if request.param == "python":
+        monkeypatch.setattr(native_relay, "_lib", None)
+    elif shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler: the native relay cannot be built here")
+    elif not native_relay.load():
+        pytest.fail(f"the native relay did not load: {native_relay.unavailable_reason()}")
+    return request.param
 
 
 @pytest.fixture

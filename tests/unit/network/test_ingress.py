@@ -272,6 +272,7 @@ async def test_slow_request_is_408() -> None:
 # -- relaying ---------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("relay_loops")
 async def test_response_is_relayed_byte_exactly_with_the_model_header() -> None:
     payload = os.urandom(300_000)
     answer = (
@@ -289,6 +290,7 @@ async def test_response_is_relayed_byte_exactly_with_the_model_header() -> None:
         assert data == answer[:cut] + b"x-mesh-llm-model: m\r\n" + answer[cut:]
 
 
+@pytest.mark.usefixtures("relay_loops")
 async def test_streaming_arrives_incrementally() -> None:
     gate = asyncio.Event()
     async with (
@@ -312,6 +314,7 @@ async def test_streaming_arrives_incrementally() -> None:
         assert seen.endswith(b"data: last\n\n\r\n0\r\n\r\n")
 
 
+@pytest.mark.usefixtures("relay_loops")
 async def test_a_large_stream_to_a_slow_reader_arrives_whole_and_in_order() -> None:
     # 8 MiB of events, far more than the socket buffers: the relay must wait for the client
     # (it writes from a thread of its own) without losing, reordering or duplicating a byte.
@@ -531,6 +534,7 @@ async def test_embedding_requests_go_to_the_embedding_targets() -> None:
 # -- client disconnects and robustness -------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("relay_loops")
 async def test_client_disconnect_mid_stream_cancels_the_upstream() -> None:
     # Three events, then silence: only watching the client can notice it went away.
     behaviour = sse([b"tok"] * 4, delay=0.01, gate=asyncio.Event())
@@ -554,6 +558,7 @@ async def test_client_disconnect_while_waiting_cancels_the_upstream() -> None:
         assert h.failed == []
 
 
+@pytest.mark.usefixtures("relay_loops")
 async def test_a_client_that_stops_reading_then_leaves_frees_the_relay() -> None:
     # The relay thread blocks in sendall once the client's buffers are full; the client going
     # away must still end it and close the upstream.
@@ -570,6 +575,7 @@ async def test_a_client_that_stops_reading_then_leaves_frees_the_relay() -> None
         assert not up.finished.is_set()
 
 
+@pytest.mark.usefixtures("relay_loops")
 async def test_close_during_a_relayed_stream_ends_it_at_once() -> None:
     gate = asyncio.Event()  # the stream never ends by itself
     async with running(sse([b"tok"] * 3, gate=gate)) as up:
@@ -663,6 +669,7 @@ def _chunk(content: str | None, finish: str | None = None) -> bytes:
     ).encode()
 
 
+@pytest.mark.usefixtures("relay_loops")
 async def test_openai_client_streaming_chat() -> None:
     events = [_chunk("Hel"), _chunk("lo"), _chunk(None, "stop"), b"[DONE]"]
     async with running(sse(events, delay=0.01)) as up, serving({"m": [to("m", up)]}) as h:
@@ -685,6 +692,7 @@ def _sse_chunk(payload: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(line), line)
 
 
+@pytest.mark.usefixtures("relay_loops")
 async def test_openai_client_gets_a_typed_error_when_the_upstream_dies_mid_stream() -> None:
     dying = raw(SSE_HEAD + _sse_chunk(_chunk("Hel")) + _sse_chunk(_chunk("lo")))
     async with running(dying) as up, serving({"m": [to("m", up)]}) as h:
@@ -709,6 +717,7 @@ async def test_openai_client_gets_a_typed_error_when_the_upstream_dies_mid_strea
         assert "".join(pieces) == "Hello"
 
 
+@pytest.mark.usefixtures("relay_loops")
 async def test_messages_stream_cut_short_ends_with_an_anthropic_error_event() -> None:
     dying = raw(SSE_HEAD + _sse_chunk(b'{"type": "message_start"}'))
     async with running(dying) as up, serving({"m": [to("m", up)]}) as h:
@@ -723,6 +732,7 @@ async def test_messages_stream_cut_short_ends_with_an_anthropic_error_event() ->
         assert b'"type": "api_error"' in data
 
 
+@pytest.mark.usefixtures("relay_loops")
 async def test_a_stream_cut_inside_a_chunk_is_just_closed() -> None:
     cut = _sse_chunk(_chunk("Hel"))
     async with running(raw(SSE_HEAD + cut[:-7])) as up, serving({"m": [to("m", up)]}) as h:
@@ -730,6 +740,7 @@ async def test_a_stream_cut_inside_a_chunk_is_just_closed() -> None:
         assert data.endswith(cut[:-7])
 
 
+@pytest.mark.usefixtures("relay_loops")
 async def test_a_complete_stream_gets_nothing_appended() -> None:
     whole = SSE_HEAD + _sse_chunk(b"[DONE]") + b"0\r\n\r\n"
     async with running(raw(whole)) as up, serving({"m": [to("m", up)]}) as h:

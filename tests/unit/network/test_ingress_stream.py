@@ -27,7 +27,7 @@ from tests.unit.network.test_ingress import (
     wait_for,
 )
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("relay_loops")]
 STEP = 10.0
 
 

@@ -17,7 +17,7 @@ from mesh_llm.network.transport import BiStream, Transport
 from mesh_llm.network.upstream import ClientGoneError, relay_from
 from tests.unit.network.conftest import STEP, connect, open_stream_on
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("relay_loops")]
 
 
 @contextlib.asynccontextmanager
@@ -68,7 +68,7 @@ async def test_a_stalled_client_keeps_the_connection_and_gets_everything(
     expected = b"".join(messages)
     observed = bytearray()
     async with _stuck_client() as (client, transport):
-        relay = asyncio.ensure_future(relay_from(inbound.read_blocking, transport, observed.extend))
+        relay = asyncio.ensure_future(relay_from(inbound, transport, observed.extend))
         async with asyncio.timeout(STEP * 3):
             await asyncio.to_thread(_write_paced, out, messages)
             # the connection still carries streams
@@ -89,7 +89,7 @@ async def test_a_client_too_far_behind_is_cut_off(
     ab, ba = await connect(*pair)
     out, inbound = await open_stream_on(ab, ba, b"!")
     async with _stuck_client() as (_client, transport):
-        relay = asyncio.ensure_future(relay_from(inbound.read_blocking, transport, lambda _: None))
+        relay = asyncio.ensure_future(relay_from(inbound, transport, lambda _: None))
         stop = threading.Event()
 
         def flood() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mesh_llm.inference import Backend, ensure_backend, locate_backend, probe_devices
+from mesh_llm.network import native_relay
 
 __all__ = ["add_parser", "run"]
 
@@ -48,6 +49,14 @@ def _version(binary: Path) -> str:
     )
 
 
+def _native_relay() -> str:
+    """Build (or find) the C relay loops; what to print about them."""
+    try:
+        return str(native_relay.build())
+    except OSError as exc:
+        return f"unavailable, relays stay in Python ({exc})"
+
+
 def run(args: argparse.Namespace) -> int:
     backend = Backend(args.backend) if args.backend else None
     if args.backend_command == "install":
@@ -57,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"llama-server: {bins.llama_server}")
         print(f"rpc-server:   {bins.rpc_server}")
         print(f"build:        {bins.build_id} (found via {bins.source})")
+        print(f"native relay: {_native_relay()}")
         return 0
     bins = locate_backend(args.bin_dir, backend)
     info = {

@@ -1,0 +1,361 @@
+"""Relay loops in C for the relay threads (``native_relay.c``): no Python per relayed chunk.
+
+A relay thread moves each streamed token from one end to the other: a socket to a socket (a
+local llama-server to the client), a socket into an iroh stream (a host node answering a
+tunnelled request) or an iroh stream into a socket (the client's node). Written in Python with
+:mod:`.iroh_direct`'s FFI calls, the interpreter was about a third of both mesh-llm processes'
+CPU per tunnelled token (perf, synthetic model: 36% libpython, 5% ctypes and libffi), and on a
+machine whose cores llama-server keeps busy that CPU is taken from inference. The C loops make
+the same socket calls and the same uniffi calls (clone the object handle, start the Rust future,
+poll it with a continuation that signals a condition variable, complete it, free it). The
+caller's ``observe`` (chunk framing, byte counts) gets the relayed bytes in order but in
+batches, at most 100 ms or 32 KiB apart and always before a loop returns: a few calls into
+Python per second instead of one per token.
+
+The library is built from the packaged source with the system C compiler (``cc``) into
+``cache_dir()/native`` under a name derived from the source's hash, by ``mesh-llm backend
+install`` or in the background at node start (:func:`prepare`). Without a compiler, with
+``MESH_LLM_NATIVE_RELAY=0``, or with bindings that do not match :mod:`.iroh_direct`'s checks, the
+relays stay in Python: :func:`available` and :func:`streams_available` say which.
+
+A client that stops reading is not handled here: the socket loop returns what the socket did not
+take (:meth:`NativeRelay.stream_to_socket`) and the caller drains the stream meanwhile.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+from mesh_llm.network import iroh_direct
+from mesh_llm.system import cache_dir
+
+__all__ = [
+    "NativeRelay",
+    "RelayCancelledError",
+    "RelaySinkError",
+    "RelaySourceError",
+    "available",
+    "build",
+    "library_path",
+    "load",
+    "prepare",
+    "streams_available",
+]
+
+log = logging.getLogger(__name__)
+
+SOURCE: Final = Path(__file__).with_name("native_relay.c")
+_ENV: Final = "MESH_LLM_NATIVE_RELAY"
+_ABI: Final = 1
+_BUILD_TIMEOUT_S: Final = 120
+
+# Result codes of the C loops.
+_END, _SOURCE_FAILED, _SINK_FAILED, _CANCELLED, _STALLED, _OBSERVE_FAILED = range(6)
+
+
+class RelaySourceError(Exception):
+    """Reading the relay's source failed."""
+
+
+class RelaySinkError(Exception):
+    """Writing to the relay's sink failed."""
+
+
+class RelayCancelledError(Exception):
+    """The relay was cancelled while waiting for the iroh stream."""
+
+
+_OBSERVE: Final = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t)
+
+_API_FIELDS: Final = (
+    ("clone_send", "uniffi_iroh_ffi_fn_clone_sendstream"),
+    ("clone_recv", "uniffi_iroh_ffi_fn_clone_recvstream"),
+    ("buffer_alloc", "ffi_iroh_ffi_rustbuffer_alloc"),
+    ("buffer_free", "ffi_iroh_ffi_rustbuffer_free"),
+    ("write_all", "uniffi_iroh_ffi_fn_method_sendstream_write_all"),
+    ("read", "uniffi_iroh_ffi_fn_method_recvstream_read"),
+    ("poll_void", "ffi_iroh_ffi_rust_future_poll_void"),
+    ("complete_void", "ffi_iroh_ffi_rust_future_complete_void"),
+    ("free_void", "ffi_iroh_ffi_rust_future_free_void"),
+    ("poll_buffer", "ffi_iroh_ffi_rust_future_poll_rust_buffer"),
+    ("complete_buffer", "ffi_iroh_ffi_rust_future_complete_rust_buffer"),
+    ("free_buffer", "ffi_iroh_ffi_rust_future_free_rust_buffer"),
+)
+
+
+class _Api(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_void_p) for name, _ in _API_FIELDS]
+
+
+_lock = threading.Lock()
+_lib: Any = None
+_streams = False
+_failure: str | None = None
+
+
+def library_path() -> Path:
+    """Where the library built from the current source lives."""
+    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
+    return cache_dir() / "native" / f"relay-{digest}-{platform.machine()}.so"
+
+
+def build() -> Path:
+    """Compile the library if it is not in the cache yet; its path. Raises OSError with the
+    compiler's message if it cannot be built."""
+    target = library_path()
+    if target.exists():
+        return target
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise OSError("no C compiler (cc) on PATH")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    command = [compiler, "-O2", "-fPIC", "-shared", "-pthread", "-o", str(partial), str(SOURCE)]
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=_BUILD_TIMEOUT_S, check=False
+        )
+        if done.returncode != 0:
+            raise OSError(f"{compiler} failed: {done.stderr.strip()[-2000:]}")
+        os.replace(partial, target)
+    except subprocess.TimeoutExpired as exc:
+        raise OSError(f"{compiler} took more than {_BUILD_TIMEOUT_S} s") from exc
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+def _disabled() -> bool:
+    return os.environ.get(_ENV, "").strip().lower() in ("0", "false", "no", "off")
+
+
+def load(*, build_if_missing: bool = True) -> bool:
+    """Load the library (building it first if allowed); True if the socket loop is available.
+    Idempotent and thread-safe; a failure is logged once and remembered."""
+    global _lib, _failure
+    with _lock:
+        if _lib is not None or _failure is not None:
+            return _lib is not None
+        if _disabled():
+            _failure = f"disabled by {_ENV}"
+            return False
+        try:
+            path = build() if build_if_missing else library_path()
+            lib = ctypes.CDLL(str(path))
+            _declare(lib)
+            if lib.native_relay_abi() != _ABI:
+                raise OSError("the library's ABI version does not match")
+        except OSError as exc:
+            if not build_if_missing and not library_path().exists():
+                return False  # not built yet: a later load may build it
+            _failure = str(exc)
+            log.info("native relay unavailable, relays stay in Python: %s", exc)
+            return False
+        _lib = lib
+        log.debug("native relay loaded from %s", path)
+        return True
+
+
+def prepare() -> None:
+    """Load the library now if it is built, else build and load it in a background thread
+    (the relays stay in Python until then)."""
+    if load(build_if_missing=False):
+        return
+    threading.Thread(target=load, name="mesh-llm-native-relay-build", daemon=True).start()
+
+
+def available() -> bool:
+    """The socket-to-socket loop is loaded."""
+    return _lib is not None
+
+
+def streams_available() -> bool:
+    """The loops that read or write iroh streams are loaded and bound to the bindings (done
+    on the first call after :mod:`.iroh_async`'s driver is installed)."""
+    global _streams
+    if _lib is None:
+        return False
+    if _streams:
+        return True
+    with _lock:
+        if not _streams and iroh_direct.available():
+            _init_streams(_lib)
+            _streams = True
+    return _streams
+
+
+def unavailable_reason() -> str | None:
+    return _failure
+
+
+def _declare(lib: Any) -> None:
+    vp, i, sz = ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t
+    status = ctypes.c_void_p
+    lib.native_relay_abi.argtypes, lib.native_relay_abi.restype = (), i
+    lib.native_relay_init.argtypes, lib.native_relay_init.restype = (ctypes.POINTER(_Api),), None
+    lib.native_relay_new.argtypes, lib.native_relay_new.restype = (), vp
+    lib.native_relay_free.argtypes, lib.native_relay_free.restype = (vp,), None
+    lib.native_relay_cancel.argtypes, lib.native_relay_cancel.restype = (vp,), None
+    lib.native_relay_errno.argtypes, lib.native_relay_errno.restype = (vp,), i
+    lib.native_relay_socket_to_socket.argtypes = (vp, i, i, sz, _OBSERVE)
+    lib.native_relay_socket_to_socket.restype = i
+    lib.native_relay_socket_to_stream.argtypes = (vp, i, ctypes.c_uint64, sz, _OBSERVE, status)
+    lib.native_relay_socket_to_stream.restype = i
+    lib.native_relay_stream_to_socket.argtypes = (
+        vp,
+        ctypes.c_uint64,
+        ctypes.c_uint32,
+        i,
+        _OBSERVE,
+        status,
+        vp,
+        ctypes.POINTER(sz),
+    )
+    lib.native_relay_stream_to_socket.restype = i
+
+
+def _init_streams(lib: Any) -> None:
+    """Hand the bindings' entry points to the library (:mod:`.iroh_direct` has checked them:
+    same entry points, argument types and encoding of ``bytes``)."""
+    ffi = iroh_direct.ffi_library()
+    api = _Api()
+    for field, name in _API_FIELDS:
+        setattr(api, field, ctypes.cast(getattr(ffi, name), ctypes.c_void_p).value)
+    lib.native_relay_init(ctypes.byref(api))
+
+
+class NativeRelay:
+    """One relay's state in C; each method runs one loop on the calling (relay) thread, which
+    must not hold the event loop. :meth:`cancel` may be called from any thread until
+    :meth:`close`."""
+
+    __slots__ = ("_closed", "_guard", "_ptr", "_tail")
+
+    def __init__(self) -> None:
+        if _lib is None:
+            raise RuntimeError("the native relay is not loaded")
+        ptr = _lib.native_relay_new()
+        if not ptr:
+            raise MemoryError("native_relay_new")
+        self._ptr: int = ptr
+        self._guard = threading.Lock()
+        self._closed = False
+        self._tail: ctypes.Array[ctypes.c_char] | None = None
+
+    def cancel(self) -> None:
+        """Make a wait for the iroh stream return (the caller also shuts the sockets down)."""
+        with self._guard:
+            if not self._closed:
+                _lib.native_relay_cancel(self._ptr)
+
+    def close(self) -> None:
+        with self._guard:
+            if not self._closed:
+                self._closed = True
+                _lib.native_relay_free(self._ptr)
+
+    def socket_to_socket(
+        self,
+        source: socket.socket,
+        sink: socket.socket,
+        size: int,
+        observe: Callable[[bytes], None] | None,
+    ) -> None:
+        """Relay until ``source`` ends: ``recv`` of up to ``size`` bytes, ``observe``, a blocking
+        ``send`` of all of it (both sockets blocking, with the kernel's timeouts)."""
+        callback, errors = _callback(observe)
+        result = _lib.native_relay_socket_to_socket(
+            self._ptr, source.fileno(), sink.fileno(), size, callback
+        )
+        self._raise_for(result, errors, None, "socket")
+
+    def socket_to_stream(
+        self,
+        source: socket.socket,
+        send: Any,
+        size: int,
+        observe: Callable[[bytes], None] | None,
+    ) -> None:
+        """Relay until ``source`` ends, each chunk as one ``write_all`` on the iroh ``send``
+        stream."""
+        callback, errors = _callback(observe)
+        status = iroh_direct.call_status()
+        result = _lib.native_relay_socket_to_stream(
+            self._ptr, source.fileno(), send._handle, size, callback, ctypes.addressof(status)
+        )
+        self._raise_for(result, errors, status, "stream write")
+
+    def stream_to_socket(
+        self,
+        recv: Any,
+        limit: int,
+        sink: socket.socket,
+        observe: Callable[[bytes], None] | None,
+    ) -> bytes | None:
+        """Relay reads of up to ``limit`` bytes from the iroh ``recv`` stream into ``sink``
+        (non-blocking sends) until the stream ends (None), or until ``sink`` does not take a
+        whole chunk: then the bytes it did not take are returned and the caller takes over
+        until the client catches up."""
+        tail = self._tail
+        if tail is None or len(tail) < limit:
+            tail = self._tail = ctypes.create_string_buffer(limit)
+        callback, errors = _callback(observe)
+        status = iroh_direct.call_status()
+        tail_len = ctypes.c_size_t(0)
+        result = _lib.native_relay_stream_to_socket(
+            self._ptr,
+            recv._handle,
+            limit,
+            sink.fileno(),
+            callback,
+            ctypes.addressof(status),
+            ctypes.addressof(tail),
+            ctypes.byref(tail_len),
+        )
+        if result == _STALLED:
+            return tail.raw[: tail_len.value]
+        self._raise_for(result, errors, status, "stream read")
+        return None
+
+    def _raise_for(self, result: int, errors: list[BaseException], status: Any, what: str) -> None:
+        if result == _END:
+            return
+        if result == _OBSERVE_FAILED:
+            raise errors[0]
+        if result == _CANCELLED:
+            raise RelayCancelledError("cancelled")
+        failure = RelaySourceError if result == _SOURCE_FAILED else RelaySinkError
+        if status is not None and status.code:
+            raise failure(f"{what}: {iroh_direct.describe_status(status)}")
+        code = _lib.native_relay_errno(self._ptr)  # EPROTO: a malformed result buffer
+        if code:
+            raise failure(OSError(code, os.strerror(code)))
+        raise failure(f"unexpected relay result {result}")
+
+
+def _callback(observe: Callable[[bytes], None] | None) -> tuple[Any, list[BaseException]]:
+    """The C callback for ``observe`` (NULL for none) and where its exception lands."""
+    errors: list[BaseException] = []
+    if observe is None:
+        return _OBSERVE(), errors
+
+    def call(address: int, size: int) -> int:
+        try:
+            observe(ctypes.string_at(address, size))
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the relay thread
+            errors.append(exc)
+            return 1
+        return 0
+
+    return _OBSERVE(call), errors
