@@ -240,7 +240,7 @@ class NativeRelay:
     must not hold the event loop. :meth:`cancel` may be called from any thread until
     :meth:`close`."""
 
-    __slots__ = ("_closed", "_guard", "_ptr", "_tail")
+    __slots__ = ("_busy", "_closed", "_guard", "_ptr", "_tail")
 
     def __init__(self) -> None:
         if _lib is None:
@@ -251,6 +251,7 @@ class NativeRelay:
         self._ptr: int = ptr
         self._guard = threading.Lock()
         self._closed = False
+        self._busy = False
         self._tail: ctypes.Array[ctypes.c_char] | None = None
 
     def cancel(self) -> None:
@@ -260,10 +261,28 @@ class NativeRelay:
                 _lib.native_relay_cancel(self._ptr)
 
     def close(self) -> None:
+        """Free the C state, at once or, while a loop still runs, when it returns."""
         with self._guard:
-            if not self._closed:
-                self._closed = True
+            if self._closed:
+                return
+            self._closed = True
+            if not self._busy:
                 _lib.native_relay_free(self._ptr)
+
+    def _run(self, loop: Any, *args: Any) -> tuple[int, int]:
+        """Run one C loop on this relay: its result and the relay's errno."""
+        with self._guard:
+            if self._closed or self._busy:
+                raise RuntimeError("the relay is closed or already running a loop")
+            self._busy = True
+        try:
+            result = loop(self._ptr, *args)
+            return result, _lib.native_relay_errno(self._ptr)
+        finally:
+            with self._guard:
+                self._busy = False
+                if self._closed:
+                    _lib.native_relay_free(self._ptr)
 
     def socket_to_socket(
         self,
@@ -272,13 +291,13 @@ class NativeRelay:
         size: int,
         observe: Callable[[bytes], None] | None,
     ) -> None:
-        """Relay until ``source`` ends: ``recv`` of up to ``size`` bytes, ``observe``, a blocking
-        ``send`` of all of it (both sockets blocking, with the kernel's timeouts)."""
+        """Relay until ``source`` ends: ``recv`` of up to ``size`` bytes, a blocking
+        ``send`` of all of it (both sockets blocking, with the kernel's timeouts), ``observe``."""
         callback, errors = _callback(observe)
-        result = _lib.native_relay_socket_to_socket(
-            self._ptr, source.fileno(), sink.fileno(), size, callback
+        result, code = self._run(
+            _lib.native_relay_socket_to_socket, source.fileno(), sink.fileno(), size, callback
         )
-        self._raise_for(result, errors, None, "socket")
+        _raise_for(result, code, errors, None, "socket")
 
     def socket_to_stream(
         self,
@@ -289,12 +308,18 @@ class NativeRelay:
     ) -> None:
         """Relay until ``source`` ends, each chunk as one ``write_all`` on the iroh ``send``
         stream."""
+        _require_streams()
         callback, errors = _callback(observe)
         status = iroh_direct.call_status()
-        result = _lib.native_relay_socket_to_stream(
-            self._ptr, source.fileno(), send._handle, size, callback, ctypes.addressof(status)
+        result, code = self._run(
+            _lib.native_relay_socket_to_stream,
+            source.fileno(),
+            send._handle,
+            size,
+            callback,
+            ctypes.addressof(status),
         )
-        self._raise_for(result, errors, status, "stream write")
+        _raise_for(result, code, errors, status, "stream write")
 
     def stream_to_socket(
         self,
@@ -307,14 +332,15 @@ class NativeRelay:
         (non-blocking sends) until the stream ends (None), or until ``sink`` does not take a
         whole chunk: then the bytes it did not take are returned and the caller takes over
         until the client catches up."""
+        _require_streams()
         tail = self._tail
         if tail is None or len(tail) < limit:
             tail = self._tail = ctypes.create_string_buffer(limit)
         callback, errors = _callback(observe)
         status = iroh_direct.call_status()
         tail_len = ctypes.c_size_t(0)
-        result = _lib.native_relay_stream_to_socket(
-            self._ptr,
+        result, code = self._run(
+            _lib.native_relay_stream_to_socket,
             recv._handle,
             limit,
             sink.fileno(),
@@ -325,23 +351,29 @@ class NativeRelay:
         )
         if result == _STALLED:
             return tail.raw[: tail_len.value]
-        self._raise_for(result, errors, status, "stream read")
+        _raise_for(result, code, errors, status, "stream read")
         return None
 
-    def _raise_for(self, result: int, errors: list[BaseException], status: Any, what: str) -> None:
-        if result == _END:
-            return
-        if result == _OBSERVE_FAILED:
-            raise errors[0]
-        if result == _CANCELLED:
-            raise RelayCancelledError("cancelled")
-        failure = RelaySourceError if result == _SOURCE_FAILED else RelaySinkError
-        if status is not None and status.code:
-            raise failure(f"{what}: {iroh_direct.describe_status(status)}")
-        code = _lib.native_relay_errno(self._ptr)  # EPROTO: a malformed result buffer
-        if code:
-            raise failure(OSError(code, os.strerror(code)))
-        raise failure(f"unexpected relay result {result}")
+
+def _raise_for(result: int, code: int, errors: list[BaseException], status: Any, what: str) -> None:
+    """Raise what a loop's result means (nothing at the end of the source)."""
+    if result == _END:
+        return
+    if result == _OBSERVE_FAILED:
+        raise errors[0]
+    if result == _CANCELLED:
+        raise RelayCancelledError("cancelled")
+    failure = RelaySourceError if result == _SOURCE_FAILED else RelaySinkError
+    if status is not None and status.code:
+        raise failure(f"{what}: {iroh_direct.describe_status(status)}")
+    if code:  # EPROTO: a malformed result buffer
+        raise failure(OSError(code, os.strerror(code)))
+    raise failure(f"unexpected relay result {result}")
+
+
+def _require_streams() -> None:
+    if not streams_available():
+        raise RuntimeError("the native relay's stream loops are not bound to the iroh bindings")
 
 
 def _callback(observe: Callable[[bytes], None] | None) -> tuple[Any, list[BaseException]]:
