@@ -7,6 +7,7 @@ from mesh_llm.network.ingress import (
 )
 from mesh_llm.network.iroh_patch import apply as apply_iroh_patch
 from mesh_llm.network.native_relay import prepare as prepare_native_relay
+from mesh_llm.network.native_relay import status as native_relay_status
 from mesh_llm.network.routing import (
     EMBEDDING_PATHS,
     JSON_API_PATHS,
@@ -59,6 +60,7 @@ __all__ += [
     "apply_iroh_patch",
     "generate_key",
     "load_or_create_key",
+    "native_relay_status",
     "prepare_native_relay",
 ]
 __all__ += [

@@ -50,7 +50,9 @@ __all__ = [
     "library_path",
     "load",
     "prepare",
+    "status",
     "streams_available",
+    "unavailable_reason",
 ]
 
 log = logging.getLogger(__name__)
@@ -197,6 +199,15 @@ def streams_available() -> bool:
 
 def unavailable_reason() -> str | None:
     return _failure
+
+
+def status() -> dict[str, object]:
+    """For ``/api/status``: whether relays run in C, and why not."""
+    return {
+        "native": available(),
+        "native_streams": streams_available(),
+        "reason": None if available() else (_failure or "not built yet"),
+    }
 
 
 def _declare(lib: Any) -> None:

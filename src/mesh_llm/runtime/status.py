@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from mesh_llm import __version__
 from mesh_llm.inference import PlanKind
+from mesh_llm.network import native_relay_status
 from mesh_llm.runtime.runners import ModelRunner, SplitRunner
 from mesh_llm.system import GB
 
@@ -103,6 +104,7 @@ def status(node: Node) -> dict[str, object]:
             {**m.status(), "role": role(node, m)} for m in [*node.models, *node.embedders]
         ],
         "rpc_server": node.rpc_status(),
+        "relay": native_relay_status(),
         "uptime_secs": int(time.time() - node.started_at),
     }
 
