@@ -287,6 +287,11 @@ int native_relay_socket_to_socket(Relay *relay, int source, int sink, size_t siz
     return batch_finish(&batch, result);
 }
 
+/* Set up a stream loop: 0, or the errno that stops it before it starts. */
+static int stream_loop_start(Batch *batch, Observe observe) {
+    return api_ready ? batch_init(batch, observe) : ENOSYS;
+}
+
 /* One write_all on the stream; takes ownership of ``data``. */
 static int stream_write(Relay *relay, uint64_t send_stream, RustBuffer data,
                         RustCallStatus *status) {
@@ -308,10 +313,8 @@ static int stream_write(Relay *relay, uint64_t send_stream, RustBuffer data,
 int native_relay_socket_to_stream(Relay *relay, int source, uint64_t send_stream, size_t size,
                                   Observe observe, RustCallStatus *status) {
     Batch batch;
-    if (!api_ready || batch_init(&batch, observe) != 0) {
-        relay->err = api_ready ? ENOMEM : ENOSYS;
+    if ((relay->err = stream_loop_start(&batch, observe)) != 0)
         return RELAY_SINK_FAILED;
-    }
     int result;
     for (;;) {
         /* Read straight into the argument buffer: [big-endian i32 length][bytes]. */
@@ -361,10 +364,8 @@ int native_relay_stream_to_socket(Relay *relay, uint64_t recv_stream, uint32_t l
                                   Observe observe, RustCallStatus *status, uint8_t *tail,
                                   size_t *tail_len) {
     Batch batch;
-    if (!api_ready || batch_init(&batch, observe) != 0) {
-        relay->err = api_ready ? ENOMEM : ENOSYS;
+    if ((relay->err = stream_loop_start(&batch, observe)) != 0)
         return RELAY_SOURCE_FAILED;
-    }
     int result;
     for (;;) {
         RustBuffer buffer = {0};

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -10,7 +11,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from mesh_llm.network.native_relay import (
     RelaySinkError,
     RelaySourceError,
 )
-from mesh_llm.network.transport import Transport
+from mesh_llm.network.transport import BiStream, Transport
 from tests.unit.network.conftest import STEP, open_stream
 
 pytestmark = [
@@ -233,24 +234,37 @@ async def test_a_client_that_does_not_read_gets_the_rest_handed_back(
     sink_out.close()
 
 
+@contextlib.asynccontextmanager
+async def _reading(
+    relay: NativeRelay, inbound: BiStream
+) -> AsyncIterator[tuple[asyncio.Future[bytes | None], socket.socket]]:
+    """``relay.stream_to_socket`` from ``inbound`` running in a thread, and the socket its
+    bytes come out of."""
+    sink, sink_out = socket.socketpair()
+    sink.setblocking(False)
+    sink_out.settimeout(STEP)
+    try:
+        yield (
+            asyncio.ensure_future(
+                asyncio.to_thread(relay.stream_to_socket, inbound.native_recv(), 1024, sink, None)
+            ),
+            sink_out,
+        )
+    finally:
+        sink.close()
+        sink_out.close()
+
+
 async def test_a_reset_stream_is_a_source_error_with_the_reason(
     pair: tuple[Transport, Transport], relay: NativeRelay
 ) -> None:
     out, inbound = await open_stream(*pair, b"!")
-    sink, sink_out = socket.socketpair()
-    sink.setblocking(False)
-    async with asyncio.timeout(STEP):
-        reading = asyncio.ensure_future(
-            asyncio.to_thread(relay.stream_to_socket, inbound.native_recv(), 1024, sink, None)
-        )
+    async with asyncio.timeout(STEP), _reading(relay, inbound) as (reading, sink_out):
         await out.write(b"partial")
-        sink_out.settimeout(STEP)
         assert await asyncio.to_thread(sink_out.recv, 100) == b"partial"
         await out.reset(7)
         with pytest.raises(RelaySourceError, match=re.escape("stream read: stream: Reset(7)")):
             await reading
-    sink.close()
-    sink_out.close()
 
 
 async def test_a_stopped_stream_is_a_sink_error(
@@ -278,12 +292,7 @@ async def test_cancel_ends_a_wait_for_the_stream_and_takes_nothing(
     pair: tuple[Transport, Transport], relay: NativeRelay
 ) -> None:
     out, inbound = await open_stream(*pair, b"!")
-    sink, sink_out = socket.socketpair()
-    sink.setblocking(False)
-    async with asyncio.timeout(STEP):
-        waiting = asyncio.ensure_future(
-            asyncio.to_thread(relay.stream_to_socket, inbound.native_recv(), 1024, sink, None)
-        )
+    async with asyncio.timeout(STEP), _reading(relay, inbound) as (waiting, _):
         await asyncio.sleep(0.2)
         assert not waiting.done()
         started = time.monotonic()
@@ -295,8 +304,6 @@ async def test_cancel_ends_a_wait_for_the_stream_and_takes_nothing(
         await out.write(b"after the cancel")
         await out.finish()
         assert await inbound.read_to_end(1024) == b"after the cancel"
-    sink.close()
-    sink_out.close()
 
 
 def test_cancel_after_close_is_harmless() -> None:
