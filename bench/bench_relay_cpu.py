@@ -6,6 +6,8 @@ to it on loopback; ``--streams`` streaming chats of ``--max-tokens`` through the
 of both processes is read per thread from ``/proc`` before and after and divided by the tokens
 streamed. Variants alternate (python, native, python, native, ...), each with fresh nodes started
 with ``MESH_LLM_NATIVE_RELAY=0`` or without it; the tunnel tok/s of each run is printed too.
+Then the same streams through the host's own :9337 (local path: llama-server's socket -> the
+client's socket), with the host's CPU per token.
 
     .venv/bin/python bench/bench_relay_cpu.py [--pairs 2] [--streams 15] [--max-tokens 128]
 
@@ -90,11 +92,21 @@ def run_variant(native: bool, gguf: Path, work: Path, streams: int, n: int) -> d
             h1, c1 = thread_cpu(host.proc.pid), thread_cpu(client.proc.pid)
         finally:
             client.stop()
+        # the local path: the host's own :9337 relaying its llama-server (socket -> socket)
+        l0 = thread_cpu(host.proc.pid)
+        local_rates = [
+            asyncio.run(stream_chat(host.api_port, body)).tok_per_s for _ in range(streams)
+        ]
+        l1 = thread_cpu(host.proc.pid)
     finally:
         host.stop()
     tokens = streams * n
     host_us, client_us = per_token(h0, h1, tokens), per_token(c0, c1, tokens)
+    local_us = per_token(l0, l1, tokens)
     return {
+        "local_us_per_token": local_us,
+        "local_total_us_per_token": sum(local_us.values()),
+        "local_tok_s": round(statistics.median(local_rates), 1),
         "relay": "native" if native else "python",
         "host_us_per_token": host_us,
         "client_us_per_token": client_us,
@@ -120,7 +132,9 @@ def main() -> None:
                 print(
                     f"{r['relay']:7} both nodes {r['both_us_per_token']:>5} us/token"
                     f"  host {r['host_us_per_token']}  client {r['client_us_per_token']}"
-                    f"  tunnel {r['tunnel_tok_s']} tok/s",
+                    f"  tunnel {r['tunnel_tok_s']} tok/s"
+                    f" | local :9337 {r['local_total_us_per_token']:>4} us/token"
+                    f" {r['local_us_per_token']} {r['local_tok_s']} tok/s",
                     flush=True,
                 )
     out = REPO / "bench" / "results"

@@ -135,6 +135,9 @@ def build() -> Path:
         raise OSError(f"{compiler} took more than {_BUILD_TIMEOUT_S} s") from exc
     finally:
         partial.unlink(missing_ok=True)
+    for old in target.parent.glob(f"relay-*-{platform.machine()}.so"):
+        if old != target:  # built from an earlier source (a running node keeps its mapping)
+            old.unlink(missing_ok=True)
     return target
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import platform
 import re
 import shutil
 import socket
@@ -350,7 +351,11 @@ def test_the_switch_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_the_build_is_cached_by_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MESH_LLM_CACHE", str(tmp_path))
+    stale = tmp_path / "native" / f"relay-0123456789abcdef-{platform.machine()}.so"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"built from an older source")
     first = native_relay.build()
+    assert not stale.exists()  # replaced by the current build
     stamp = first.stat().st_mtime_ns
     assert native_relay.build() == first
     assert first.stat().st_mtime_ns == stamp  # not rebuilt
