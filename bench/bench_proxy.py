@@ -44,6 +44,7 @@ async def compare(node: MeshNode, model: str, rounds: int, max_tokens: int) -> d
         "proxy_tok_s": m["other_tok_s"],
         "tok_s_ratio": m["tok_s_ratio"],
         "tok_s_ratio_ci95": m["tok_s_ratio_ci95"],
+        "paired_ratios": m["paired_ratios"],
         "ratio_of_medians": m["ratio_of_medians"],
         "direct_ttft_ms": m["baseline_ttft_ms"],
         "proxy_ttft_ms": m["other_ttft_ms"],

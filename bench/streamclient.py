@@ -128,4 +128,5 @@ async def compare_paths(
         "baseline_ttft_ms": round(b_ttft, 2),
         "other_ttft_ms": round(o_ttft, 2),
         "ttft_added_ms": round(o_ttft - b_ttft, 2),
+        "paired_ratios": [round(r, 4) for r in ratios],  # per round, for pooling runs
     }
