@@ -155,15 +155,17 @@ def load(*, build_if_missing: bool = True) -> bool:
         if _disabled():
             _failure = f"disabled by {_ENV}"
             return False
+        path = library_path()
+        if not build_if_missing and not path.exists():
+            return False  # not built yet: a later load may build it
         try:
-            path = build() if build_if_missing else library_path()
+            if build_if_missing:
+                build()
             lib = ctypes.CDLL(str(path))
             _declare(lib)
             if lib.native_relay_abi() != _ABI:
                 raise OSError("the library's ABI version does not match")
         except OSError as exc:
-            if not build_if_missing and not library_path().exists():
-                return False  # not built yet: a later load may build it
             _failure = str(exc)
             log.info("native relay unavailable, relays stay in Python: %s", exc)
             return False

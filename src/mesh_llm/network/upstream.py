@@ -152,7 +152,8 @@ class TcpUpstream(asyncio.Protocol):
 
         The bytes move in a thread of their own (:func:`run_relay`), between duplicates of the two
         sockets' descriptors (:func:`_dup_socket`): a blocking ``recv`` and ``sendall`` per chunk,
-        and ``observe`` on each chunk first; in C (:mod:`.native_relay`) where it is built. On a
+        in C where it is built (:mod:`.native_relay`, which hands ``observe`` the bytes in
+        batches), else in Python with ``observe`` on each chunk first. On a
         CPU-bound machine an event-loop relay costs about 1.5x the CPU per chunk
         (``docs/BENCHMARKS.md``).
 
