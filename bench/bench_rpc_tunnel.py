@@ -38,7 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 
 from mesh_llm.inference import RpcServer, host_weights, locate_backend  # noqa: E402
-from mesh_llm.network import RpcStore, WorkerSources  # noqa: E402
+from mesh_llm.models import RpcStore  # noqa: E402
+from mesh_llm.network import WorkerSources  # noqa: E402
 from tests.integration.harness import smollm_path  # noqa: E402
 from tests.integration.rpc_rig import LlamaServer, TunnelRig  # noqa: E402
 

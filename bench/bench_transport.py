@@ -1,9 +1,9 @@
 """Transport benchmark: iroh stream throughput and small-message round trips on loopback.
 
-Runs each variant (``patched``: with ``mesh_llm.network.iroh_patch`` applied; ``unpatched``: the
-bindings as shipped) in its own fresh Python process, since the patch cannot be undone in a
-process. Both endpoints of a measurement live in that process (relays disabled, 127.0.0.1), so
-each figure includes both sides' Python overhead.
+Runs each variant (``patched``: with ``mesh_llm.network.transport._iroh_patch`` applied;
+``unpatched``: the bindings as shipped) in its own fresh Python process, since the patch cannot
+be undone in a process. Both endpoints of a measurement live in that process (relays disabled,
+127.0.0.1), so each figure includes both sides' Python overhead.
 
 Measures, per variant:
 - ``lower_1mib_ms``: time to hand 1 MiB to the bindings (``RustBuffer`` lowering only);
@@ -14,7 +14,7 @@ Measures, per variant:
 
 With ``--relay-threads`` it also measures the CPU cost of one stream write and one stream read made
 by relay threads (``BiStream.write_blocking`` / ``read_blocking``, paced at one 110-byte write per
-millisecond like a token stream) through ``mesh_llm.network.iroh_direct`` and through the
+millisecond like a token stream) through ``mesh_llm.network.transport._iroh_direct`` and through the
 generated methods, alternating, plus the CPU of Rust's threads per operation.
 
 With ``--detection`` it also times how a connection learns that its peer went away: after a
@@ -38,8 +38,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mesh_llm.network import iroh_direct, iroh_patch
 from mesh_llm.network.transport import Conn, Transport
+from mesh_llm.network.transport import _iroh_direct as iroh_direct
+from mesh_llm.network.transport import _iroh_patch as iroh_patch
 from mesh_llm.protocol.token import decode_token
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

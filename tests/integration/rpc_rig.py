@@ -16,13 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from mesh_llm.inference import ChildProcess, free_port
-from mesh_llm.network import (
-    HostWeights,
-    RpcTunnelHost,
-    RpcTunnelStats,
-    WorkerSources,
-    serve_rpc_tunnel,
-)
+from mesh_llm.network import RpcTunnelHost, WorkerSources, serve_rpc_tunnel
+from mesh_llm.protocol import HostWeights, RpcTunnelStats
 from tests.fakes.fake_stream import PipeStream, stream_pair
 
 PROMPT = "The capital of France is"

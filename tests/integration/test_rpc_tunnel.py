@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from mesh_llm.inference import RpcServer, host_weights, locate_backend
-from mesh_llm.network import RpcStore, WorkerSources
+from mesh_llm.models import RpcStore
+from mesh_llm.network import WorkerSources
 from tests.integration.harness import smollm_path
 from tests.integration.rpc_rig import LlamaServer, TunnelRig
 

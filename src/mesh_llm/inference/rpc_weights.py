@@ -12,7 +12,7 @@ import gguf
 
 from mesh_llm.errors import InvalidGgufError, ModelError
 from mesh_llm.models import identity_hash, split_parts
-from mesh_llm.network import HostWeights, TensorLocation
+from mesh_llm.protocol import HostWeights, TensorLocation
 
 __all__ = ["host_weights", "local_weight_files"]
 

@@ -22,7 +22,7 @@ from mesh_llm.mesh.demand import DemandTable, ModelDemand
 from mesh_llm.mesh.hosts import host_rotation_hash, hosts_for_model, routable_models, route_table
 from mesh_llm.mesh.membership import Membership
 from mesh_llm.mesh.peers import PeerInfo
-from mesh_llm.mesh.service import MeshService, PeerTraffic, TunnelStream
+from mesh_llm.mesh.service import MeshService
 from mesh_llm.mesh.timing import Timing
 
 __all__: list[str] = [
@@ -39,13 +39,11 @@ __all__: list[str] = [
     "MeshService",
     "ModelDemand",
     "PeerInfo",
-    "PeerTraffic",
     "PeerView",
     "PeersChanged",
     "Probe",
     "SendGossip",
     "Timing",
-    "TunnelStream",
     "host_rotation_hash",
     "hosts_for_model",
     "routable_models",

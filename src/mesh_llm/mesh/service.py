@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from mesh_llm.mesh.actions import (
     SendGossip,
 )
 from mesh_llm.mesh.membership import Membership
-from mesh_llm.network import BiStream, Conn, Transport
+from mesh_llm.network import BiStream, Conn, PeerTraffic, Transport, TunnelStream
 from mesh_llm.protocol import (
     MAX_CONTROL_FRAME_BYTES,
     PRE_ADMISSION_STREAM_TYPES,
@@ -55,7 +54,7 @@ from mesh_llm.protocol import (
     parse_frame_length,
 )
 
-__all__ = ["MeshService", "PeerTraffic", "TunnelStream"]
+__all__ = ["MeshService"]
 
 log = logging.getLogger(__name__)
 
@@ -67,57 +66,6 @@ MAX_STREAM_TASKS_PER_CONN = 1024
 
 def _short(peer_id: bytes) -> str:
     return peer_id[:5].hex()
-
-
-_TRAFFIC_LOCK = threading.Lock()  # counts are also added from relay threads
-
-
-@dataclass(slots=True)
-class PeerTraffic:
-    """Bytes carried by HTTP tunnels to and from one peer."""
-
-    sent: int = 0
-    received: int = 0
-
-    def add_sent(self, n: int) -> None:
-        with _TRAFFIC_LOCK:
-            self.sent += n
-
-    def add_received(self, n: int) -> None:
-        with _TRAFFIC_LOCK:
-            self.received += n
-
-
-class TunnelStream:
-    """An HTTP tunnel (stream 0x04) seen as the ingress's ``UpstreamStream``; counts bytes."""
-
-    def __init__(self, stream: BiStream, traffic: PeerTraffic) -> None:
-        self._stream = stream
-        self._traffic = traffic
-
-    async def write(self, data: bytes) -> None:
-        await self._stream.write(data)
-        self._traffic.add_sent(len(data))
-
-    async def read(self, n: int) -> bytes:
-        data = await self._stream.read(n)
-        self._traffic.add_received(len(data))
-        return data
-
-    def read_blocking(self, n: int, cancel: threading.Event, timeout: float | None = None) -> bytes:
-        """For the ingress's relay thread (see :func:`mesh_llm.network.upstream.relay_from`)."""
-        data = self._stream.read_blocking(n, cancel, timeout)
-        self._traffic.add_received(len(data))
-        return data
-
-    def native_source(self) -> tuple[Any, Callable[[int], None]]:
-        """The tunnel's receive half and byte counter, for the C relay loop."""
-        return self._stream.native_recv(), self._traffic.add_received
-
-    async def aclose(self) -> None:
-        with contextlib.suppress(TransportError):
-            await self._stream.reset(0)
-        await self._stream.aclose()
 
 
 @dataclass(slots=True)

@@ -27,6 +27,7 @@ from mesh_llm.models.gguf_info import (
 )
 from mesh_llm.models.hub import HfFileRef, hf_download, parse_hf_ref, parse_hf_url
 from mesh_llm.models.resolve import ModelSourceKind, ResolvedModel, find_mmproj, resolve_model
+from mesh_llm.models.rpc_store import DEFAULT_STORE_CAP_BYTES, RpcStore
 from mesh_llm.models.store import (
     InstalledModel,
     WheelFetcher,
@@ -39,6 +40,7 @@ from mesh_llm.models.store import (
 )
 
 __all__ = [
+    "DEFAULT_STORE_CAP_BYTES",
     "AutoPackTier",
     "Catalog",
     "CatalogAsset",
@@ -50,6 +52,7 @@ __all__ = [
     "MoeInfo",
     "PypiWheelSource",
     "ResolvedModel",
+    "RpcStore",
     "WheelFetcher",
     "bundled_chat_template",
     "catalog_entries",

@@ -1,4 +1,4 @@
-"""protocol package."""
+"""Pure wire code: HTTP/1.1 parsing, mesh frames and codecs, stream transformers, invite tokens."""
 
 from mesh_llm.protocol.frames import (
     FRAME_HEADER_BYTES,
@@ -55,6 +55,7 @@ from mesh_llm.protocol.http1 import (
     serialize_forward,
 )
 from mesh_llm.protocol.meshid import named_mesh_id, random_mesh_id
+from mesh_llm.protocol.rpc_splice import HostWeights, RpcTunnelStats, TensorLocation
 from mesh_llm.protocol.streams import (
     ALPN,
     ALPN_LEGACY,
@@ -144,3 +145,4 @@ __all__ += [
     "parse_stream_type",
     "random_mesh_id",
 ]
+__all__ += ["HostWeights", "RpcTunnelStats", "TensorLocation"]

@@ -17,9 +17,14 @@ from typing import Any
 
 from mesh_llm.errors import ConfigError, ProtocolError
 from mesh_llm.mesh import Membership, MeshService, SendGossip, Timing
-from mesh_llm.mesh.service import PeerTraffic
-from mesh_llm.network import Target, Transport, generate_key, load_or_create_key
-from mesh_llm.network.transport import BiStream
+from mesh_llm.network import (
+    BiStream,
+    PeerTraffic,
+    Target,
+    Transport,
+    generate_key,
+    load_or_create_key,
+)
 from mesh_llm.protocol import (
     EndpointAddrInfo,
     NodeRole,

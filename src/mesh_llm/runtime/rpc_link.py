@@ -17,15 +17,9 @@ from pathlib import Path
 from mesh_llm.errors import MeshLlmError, TransportError
 from mesh_llm.inference import PidRegistry, RpcServer, host_weights, local_weight_files
 from mesh_llm.mesh import MeshService
-from mesh_llm.network import (
-    BiStream,
-    RpcStore,
-    RpcTunnelHost,
-    RpcTunnelStats,
-    WorkerSources,
-    serve_rpc_tunnel,
-)
-from mesh_llm.protocol import StreamType
+from mesh_llm.models import RpcStore
+from mesh_llm.network import BiStream, RpcTunnelHost, WorkerSources, serve_rpc_tunnel
+from mesh_llm.protocol import RpcTunnelStats, StreamType
 from mesh_llm.system import cache_dir
 
 __all__ = ["RpcLink"]

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from mesh_llm.network import native_relay
+from mesh_llm.network.relay import native as native_relay
 from mesh_llm.network.transport import BiStream, Conn, Transport
 
 STEP = 10.0  # generous bound for any single loopback operation

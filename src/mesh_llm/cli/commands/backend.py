@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mesh_llm.inference import Backend, ensure_backend, locate_backend, probe_devices
-from mesh_llm.network import native_relay
+from mesh_llm.network import build_native_relay
 
 __all__ = ["add_parser", "run"]
 
@@ -52,7 +52,7 @@ def _version(binary: Path) -> str:
 def _native_relay() -> str:
     """Build (or find) the C relay loops; what to print about them."""
     try:
-        return str(native_relay.build())
+        return str(build_native_relay())
     except OSError as exc:
         return f"unavailable, relays stay in Python ({exc})"
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from mesh_llm.network import native_relay
-from mesh_llm.network.native_relay import (
+from mesh_llm.network.relay import native as native_relay
+from mesh_llm.network.relay.native import (
     NativeRelay,
     RelayCancelledError,
     RelaySinkError,

@@ -11,14 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh_llm.network.event_streams import (
+from mesh_llm.protocol.event_streams import (
     EventStreamRewriter,
     MessageStartFixer,
     ResponsesEventFixer,
 )
-from mesh_llm.network.stream_end import ChunkedTracker, as_chunk
+from mesh_llm.protocol.stream_end import ChunkedTracker, as_chunk
 from tests.fakes.fake_upstream import SSE_HEAD, raw, running
-from tests.unit.network.test_ingress import serving, to
+from tests.unit.network.proxy.test_ingress import serving, to
 
 DATA = Path(__file__).parent / "data"
 TEXT = (DATA / "llama_responses_text.sse").read_bytes()

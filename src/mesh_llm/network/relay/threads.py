@@ -1,9 +1,9 @@
-"""Upstream connections of the ingress: one request's connection to whoever answers it.
+"""Relay threads: the rest of a chosen response moves between two ends in a thread of its own.
 
-:class:`UpstreamStream` is the shape the ingress needs (a local llama-server over TCP, or a mesh
-tunnel). :func:`connect_local` opens the TCP kind as a plain protocol so that, once the response is
-chosen, the rest of its bytes are relayed into the client socket by a thread of its own
-(:meth:`TcpUpstream.relay`), without the event loop on the per-chunk path.
+A relay thread makes blocking calls on duplicates of the sockets' descriptors (and on iroh streams,
+through :mod:`mesh_llm.network.transport`'s blocking calls), in C where it is built
+(:mod:`.native`), else in Python; the event loop is not on the per-chunk path. :func:`run_relay`
+runs one such loop and turns its outcome into the exception the ingress expects.
 """
 
 from __future__ import annotations
@@ -18,49 +18,35 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, cast, runtime_checkable
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 from mesh_llm.errors import MeshLlmError, TransportError
-from mesh_llm.network import native_relay
-from mesh_llm.network.native_relay import (
+from mesh_llm.network.relay import native as native_relay
+from mesh_llm.network.relay.native import (
     NativeRelay,
     RelayCancelledError,
     RelaySinkError,
     RelaySourceError,
 )
-from mesh_llm.network.routing import Target
 
 __all__ = [
+    "RELAY_IDLE_S",
+    "RELAY_READ",
+    "STALL_CAP",
     "BlockingSink",
     "BlockingSource",
     "ClientGoneError",
-    "TcpUpstream",
-    "UpstreamStream",
-    "connect_local",
+    "dup_socket",
     "relay_from",
+    "relay_socket",
+    "relay_socket_into",
     "release_socket",
     "run_relay",
     "take_over_socket",
 ]
 
-
-class UpstreamStream(Protocol):
-    """One upstream connection carrying one request."""
-
-    async def write(self, data: bytes) -> None: ...
-
-    async def read(self, n: int) -> bytes:
-        """Up to ``n`` bytes; ``b""`` at EOF."""
-        ...
-
-    async def aclose(self) -> None:
-        """Close or abort both directions."""
-        ...
-
-
-_UPSTREAM_BUFFER = 1 << 20  # bytes held before the upstream socket is paused
-_RELAY_READ = 64 * 1024
+RELAY_READ = 64 * 1024
 RELAY_IDLE_S = 600.0
 """A relayed response with no progress for this long (neither a byte from the upstream nor a
 write the client accepts) is cut: llama-server's own read/write timeout is the same."""
@@ -72,178 +58,63 @@ class ClientGoneError(ConnectionError):
     """The client's socket failed while a response was relayed into it."""
 
 
-class TcpUpstream(asyncio.Protocol):
-    """:class:`UpstreamStream` over a loopback TCP connection, as a plain protocol.
+async def relay_socket(
+    up: socket.socket, client: asyncio.WriteTransport, observe: Callable[[bytes], None] | None
+) -> None:
+    """Relay ``up`` (a blocking duplicate, see :func:`dup_socket`) into ``client``'s socket until
+    ``up`` ends; ``up`` is released either way.
 
-    Until the response is chosen it is read like a stream (:meth:`read`). Then :meth:`relay`
-    moves the rest from the upstream socket to the client's in a thread.
+    A blocking ``recv`` and ``sendall`` per chunk in a relay thread, in C where it is built
+    (:mod:`.native`, which hands ``observe`` the bytes in batches), else in Python with
+    ``observe`` on each chunk first. Raises :class:`ClientGoneError` if the client's socket
+    fails, TransportError if the upstream's does. Cancelling shuts both connections down, which
+    ends the thread.
     """
+    try:
+        down = await take_over_socket(client, socket.SO_SNDTIMEO)
+    except BaseException:
+        release_socket(up)
+        raise
+    native = NativeRelay() if native_relay.available() else None
+    pump: Callable[[], None]
+    if native is not None:
+        pump = functools.partial(native.socket_to_socket, up, down, RELAY_READ, observe)
+    else:
+        pump = _python_pump(functools.partial(up.recv, RELAY_READ), down.sendall, observe)
+    await run_relay(
+        pump,
+        on_cancel=functools.partial(_cut, None, up, down),
+        cleanup=functools.partial(_release_all, up, down),
+        native=native,
+    )
 
-    def __init__(self) -> None:
-        self._transport: asyncio.Transport | None = None
-        self._buffer = bytearray()
-        self._eof = False
-        self._error: Exception | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self._write_ready = asyncio.Event()
-        self._write_ready.set()
 
-    # asyncio.Protocol
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        if len(self._buffer) > _UPSTREAM_BUFFER and self._transport is not None:
-            self._transport.pause_reading()
-        self._wake()
-
-    def eof_received(self) -> bool:
-        self._eof = True
-        self._wake()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._eof = True
-        self._error = exc
-        self._write_ready.set()
-        self._wake()
-
-    def pause_writing(self) -> None:
-        self._write_ready.clear()
-
-    def resume_writing(self) -> None:
-        self._write_ready.set()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    # UpstreamStream
-    async def write(self, data: bytes) -> None:
-        if self._transport is None or self._transport.is_closing():
-            raise TransportError("upstream write failed: connection closed")
-        self._transport.write(data)
-        await self._write_ready.wait()
-        if self._error is not None:
-            raise TransportError(f"upstream write failed: {self._error}")
-
-    async def read(self, n: int) -> bytes:
-        while not self._buffer and not self._eof:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        if not self._buffer:
-            if self._error is not None:
-                raise TransportError(f"upstream read failed: {self._error}")
-            return b""
-        data = bytes(self._buffer[:n])
-        del self._buffer[:n]
-        if self._transport is not None and len(self._buffer) < _UPSTREAM_BUFFER:
-            self._transport.resume_reading()
-        return data
-
-    async def relay(
-        self, client: asyncio.WriteTransport, observe: Callable[[bytes], None] | None
-    ) -> None:
-        """Relay the rest of the response into ``client``'s socket until the upstream closes.
-
-        The bytes move in a thread of their own (:func:`run_relay`), between duplicates of the two
-        sockets' descriptors (:func:`_dup_socket`): a blocking ``recv`` and ``sendall`` per chunk,
-        in C where it is built (:mod:`.native_relay`, which hands ``observe`` the bytes in
-        batches), else in Python with ``observe`` on each chunk first. On a
-        CPU-bound machine an event-loop relay costs about 1.5x the CPU per chunk
-        (``docs/BENCHMARKS.md``).
-
-        Raises :class:`ClientGoneError` if the client's socket fails, TransportError if the
-        upstream's does. Cancelling shuts both connections down, which ends the thread.
-        """
-        up = self._take_over(observe, client.write)
-        if up is None:
-            return
-        try:
-            down = await take_over_socket(client, socket.SO_SNDTIMEO)
-        except BaseException:
-            release_socket(up)
-            raise
-        native = NativeRelay() if native_relay.available() else None
-        pump: Callable[[], None]
-        if native is not None:
-            pump = functools.partial(native.socket_to_socket, up, down, _RELAY_READ, observe)
-        else:
-            pump = _python_pump(functools.partial(up.recv, _RELAY_READ), down.sendall, observe)
-        await run_relay(
-            pump,
-            on_cancel=functools.partial(_cut, None, up, down),
-            cleanup=functools.partial(_release_all, up, down),
-            native=native,
+async def relay_socket_into(
+    up: socket.socket, sink: BlockingSink, observe: Callable[[bytes], None] | None
+) -> None:
+    """Like :func:`relay_socket`, into a sink written from the relay thread (an HTTP tunnel
+    stream)."""
+    cancel = threading.Event()
+    end = sink.native_sink() if native_relay.streams_available() else None
+    native = NativeRelay() if end is not None else None
+    pump: Callable[[], None]
+    if native is not None and end is not None:
+        send, count = end
+        pump = functools.partial(
+            native.socket_to_stream, up, send, RELAY_READ, _counting(observe, count)
         )
-
-    async def relay_into(
-        self,
-        sink: BlockingSink,
-        observe: Callable[[bytes], None] | None,
-        write: Callable[[bytes], Awaitable[None]],
-    ) -> None:
-        """Like :meth:`relay`, into a sink written from the relay thread (an HTTP tunnel stream);
-        ``write`` sends what was read before the hand-over."""
-        pending: list[bytes] = []
-        up = self._take_over(observe, pending.append)
-        try:
-            for data in pending:
-                await write(data)
-        except BaseException:
-            if up is not None:
-                release_socket(up)
-            raise
-        if up is None:
-            return
-        cancel = threading.Event()
-        end = sink.native_sink() if native_relay.streams_available() else None
-        native = NativeRelay() if end is not None else None
-        pump: Callable[[], None]
-        if native is not None and end is not None:
-            send, count = end
-            pump = functools.partial(
-                native.socket_to_stream, up, send, _RELAY_READ, _counting(observe, count)
-            )
-        else:
-            pump = _python_pump(
-                functools.partial(up.recv, _RELAY_READ),
-                lambda data: sink.write_blocking(data, cancel),
-                observe,
-            )
-        await run_relay(
-            pump,
-            on_cancel=functools.partial(_cut, cancel, up),
-            cleanup=functools.partial(release_socket, up),
-            native=native,
+    else:
+        pump = _python_pump(
+            functools.partial(up.recv, RELAY_READ),
+            lambda data: sink.write_blocking(data, cancel),
+            observe,
         )
-
-    def _take_over(
-        self, observe: Callable[[bytes], None] | None, flush: Callable[[bytes], object]
-    ) -> socket.socket | None:
-        """Hand what is buffered to ``flush``, stop the event loop reading, and return a blocking
-        duplicate of the upstream socket; None if the upstream already ended."""
-        transport = self._transport
-        if self._buffer:
-            data = bytes(self._buffer)
-            self._buffer.clear()
-            if observe is not None:
-                observe(data)
-            flush(data)
-        if self._eof or transport is None:
-            if self._error is not None:
-                raise TransportError(f"upstream read failed: {self._error}")
-            return None
-        transport.pause_reading()
-        return _dup_socket(transport, socket.SO_RCVTIMEO)
-
-    async def aclose(self) -> None:
-        if self._transport is not None:
-            self._transport.abort()
+    await run_relay(
+        pump,
+        on_cancel=functools.partial(_cut, cancel, up),
+        cleanup=functools.partial(release_socket, up),
+        native=native,
+    )
 
 
 class _RelayThreads:
@@ -283,7 +154,7 @@ def _resolve(future: asyncio.Future[BaseException | None], outcome: BaseExceptio
         future.set_result(outcome)
 
 
-def _dup_socket(transport: asyncio.BaseTransport, timeout_option: int) -> socket.socket:
+def dup_socket(transport: asyncio.BaseTransport, timeout_option: int) -> socket.socket:
     """A blocking socket object on a duplicate of ``transport``'s descriptor.
 
     Blocking mode belongs to the file description, which the event loop shares: while the relay
@@ -319,7 +190,7 @@ def release_socket(sock: socket.socket) -> None:
 
 
 NativeEnd = tuple[Any, Callable[[int], None] | None]
-"""An iroh stream half for :mod:`.native_relay` and the byte counter to call per chunk."""
+"""An iroh stream half for :mod:`.native` and the byte counter to call per chunk."""
 
 
 @runtime_checkable
@@ -356,7 +227,7 @@ async def relay_from(
     down = await take_over_socket(client, socket.SO_SNDTIMEO)
     cancel = threading.Event()
     writer = _DrainingWriter(
-        down, lambda timeout: source.read_blocking(_RELAY_READ, cancel, timeout), observe
+        down, lambda timeout: source.read_blocking(RELAY_READ, cancel, timeout), observe
     )
     end = source.native_source() if native_relay.streams_available() else None
     native = NativeRelay() if end is not None else None
@@ -365,7 +236,7 @@ async def relay_from(
         counted = _counting(observe, count)
 
         def pump() -> None:
-            while (rest := native.stream_to_socket(recv, _RELAY_READ, down, counted)) is not None:
+            while (rest := native.stream_to_socket(recv, RELAY_READ, down, counted)) is not None:
                 try:  # the client is behind: Python drains the stream until it catches up
                     writer.drain(bytearray(rest))
                 except (OSError, MeshLlmError) as exc:
@@ -373,7 +244,7 @@ async def relay_from(
 
     else:
         pump = _python_pump(
-            functools.partial(source.read_blocking, _RELAY_READ, cancel), writer.write, observe
+            functools.partial(source.read_blocking, RELAY_READ, cancel), writer.write, observe
         )
     await run_relay(
         pump,
@@ -487,12 +358,12 @@ def _cut(cancel: threading.Event | None, *socks: socket.socket) -> None:
 
 async def take_over_socket(client: asyncio.WriteTransport, timeout_option: int) -> socket.socket:
     """Wait until the event loop has flushed ``client``, then return a blocking duplicate of its
-    socket for a relay thread to write to (see :func:`_dup_socket`)."""
+    socket for a relay thread to write to (see :func:`dup_socket`)."""
     while client.get_write_buffer_size():  # from here on, the thread writes to the socket
         if client.is_closing():
             raise ClientGoneError("client closed")
         await asyncio.sleep(_FLUSH_POLL_S)
-    return _dup_socket(client, timeout_option)
+    return dup_socket(client, timeout_option)
 
 
 def _python_pump(
@@ -565,21 +436,3 @@ async def run_relay(
         raise
     if outcome is not None:
         raise outcome
-
-
-async def connect_local(target: Target) -> UpstreamStream:
-    """Open a TCP connection to a llama-server of this node."""
-    if target.local_port is None:
-        raise TransportError(f"target {target.key} has no local port")
-    loop = asyncio.get_running_loop()
-    try:
-        transport, protocol = await loop.create_connection(
-            TcpUpstream, "127.0.0.1", target.local_port
-        )
-    except OSError as exc:
-        raise TransportError(f"cannot connect to {target.key}: {exc}") from exc
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return protocol

@@ -12,14 +12,14 @@ from dataclasses import dataclass
 import pytest
 
 from mesh_llm.errors import TransportError
-from mesh_llm.mesh.service import TunnelStream
-from mesh_llm.network.ingress import Ingress
-from mesh_llm.network.routing import RoutingSnapshot, Target
+from mesh_llm.network.proxy.ingress import Ingress
+from mesh_llm.network.proxy.routing import RoutingSnapshot, Target
+from mesh_llm.network.proxy.tunnel import TunnelStream
+from mesh_llm.network.proxy.upstream import UpstreamStream
 from mesh_llm.network.transport import BiStream, Transport
-from mesh_llm.network.upstream import UpstreamStream
 from tests.fakes.fake_upstream import FakeUpstream, running, sse
 from tests.unit.network.conftest import connect, open_stream
-from tests.unit.network.test_ingress import (
+from tests.unit.network.proxy.test_ingress import (
     MODELS,
     chat,
     open_stream_until,

@@ -35,7 +35,9 @@ from typing import Any, Final, Self
 from iroh import iroh_ffi as iroh
 
 from mesh_llm.errors import ConfigError, PortInUseError, TransportError
-from mesh_llm.network import iroh_async, iroh_direct, iroh_patch
+from mesh_llm.network.transport import _iroh_async as iroh_async
+from mesh_llm.network.transport import _iroh_direct as iroh_direct
+from mesh_llm.network.transport import _iroh_patch as iroh_patch
 from mesh_llm.protocol.streams import ALPN
 from mesh_llm.protocol.token import EndpointAddrInfo, InvalidTokenError
 

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from mesh_llm.errors import TransportError
-from mesh_llm.network.rpc_splice import HostWeights, RpcTunnelStats, TensorLocation
-from mesh_llm.network.rpc_store import RpcStore
-from mesh_llm.network.rpc_tunnel import RpcTunnelHost, WorkerSources, serve_rpc_tunnel
+from mesh_llm.models.rpc_store import RpcStore
+from mesh_llm.network.rpc.tunnel import RpcTunnelHost, WorkerSources, serve_rpc_tunnel
 from mesh_llm.protocol.rpc import (
     COMMANDS_WITH_REPLY,
     FrameStart,
@@ -34,6 +33,7 @@ from mesh_llm.protocol.rpc_mesh import (
     encode_tensor_ref,
     encode_worker_preamble,
 )
+from mesh_llm.protocol.rpc_splice import HostWeights, RpcTunnelStats, TensorLocation
 from tests.fakes.fake_stream import PipeStream, stream_pair
 
 pytestmark = pytest.mark.timeout(30)

@@ -21,8 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from mesh_llm.errors import HttpProtocolError, MeshLlmError, PortInUseError, TransportError
-from mesh_llm.network.event_streams import rewriter_for
-from mesh_llm.network.routing import (
+from mesh_llm.network.proxy.routing import (
     JSON_API_PATHS,
     RoutingSnapshot,
     Target,
@@ -31,16 +30,10 @@ from mesh_llm.network.routing import (
     is_context_overflow_400,
     snapshot_for_path,
 )
-from mesh_llm.network.stream_end import ChunkedTracker, stream_error_tail
+from mesh_llm.network.proxy.upstream import TcpUpstream, UpstreamStream
+from mesh_llm.network.relay import BlockingSource, ClientGoneError, NativeEnd, relay_from
 from mesh_llm.network.transport import BiStream
-from mesh_llm.network.upstream import (
-    BlockingSource,
-    ClientGoneError,
-    NativeEnd,
-    TcpUpstream,
-    UpstreamStream,
-    relay_from,
-)
+from mesh_llm.protocol.event_streams import rewriter_for
 from mesh_llm.protocol.http1 import (
     CONTINUE_RESPONSE,
     DEFAULT_MAX_BODY,
@@ -54,6 +47,7 @@ from mesh_llm.protocol.http1 import (
     render_response,
     serialize_forward,
 )
+from mesh_llm.protocol.stream_end import ChunkedTracker, stream_error_tail
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,9 @@ from collections.abc import Iterator
 import pytest
 
 from mesh_llm.errors import TransportError
-from mesh_llm.network import iroh_async, iroh_direct
 from mesh_llm.network.transport import Transport
+from mesh_llm.network.transport import _iroh_async as iroh_async
+from mesh_llm.network.transport import _iroh_direct as iroh_direct
 from tests.unit.network.conftest import open_stream
 
 STEP = 10.0

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from iroh import iroh_ffi
 
-from mesh_llm.network import iroh_patch
+from mesh_llm.network.transport import _iroh_patch as iroh_patch
 
 Builder: Any = iroh_ffi._UniffiRustBufferBuilder  # the object under repair
 

@@ -14,9 +14,9 @@ import openai
 import pytest
 
 from mesh_llm.errors import PortInUseError
-from mesh_llm.network.ingress import Ingress
-from mesh_llm.network.routing import RoutingSnapshot, Target
-from mesh_llm.network.upstream import connect_local
+from mesh_llm.network.proxy.ingress import Ingress
+from mesh_llm.network.proxy.routing import RoutingSnapshot, Target
+from mesh_llm.network.proxy.upstream import connect_local
 from mesh_llm.protocol.http1 import CONTINUE_RESPONSE
 from tests.fakes.fake_upstream import (
     OVERFLOW_BODY,

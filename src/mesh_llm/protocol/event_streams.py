@@ -20,7 +20,7 @@ import json
 import secrets
 from typing import Any, Protocol
 
-from mesh_llm.network.stream_end import LAST_CHUNK, ChunkedTracker, as_chunk
+from mesh_llm.protocol.stream_end import LAST_CHUNK, ChunkedTracker, as_chunk
 
 __all__ = [
     "MESSAGES_PATH",

@@ -11,18 +11,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh_llm.network.rpc_splice import (
-    FileSlice,
-    HostSplicer,
-    HostWeights,
-    ReadRef,
-    RpcTunnelStats,
-    StoreBegin,
-    StoreChunk,
-    StoreDone,
-    TensorLocation,
-    WorkerSplicer,
-)
 from mesh_llm.protocol.rpc import (
     MeshCommand,
     RpcCodecError,
@@ -36,6 +24,18 @@ from mesh_llm.protocol.rpc_mesh import (
     Holdings,
     TensorRef,
     encode_tensor_ref,
+)
+from mesh_llm.protocol.rpc_splice import (
+    FileSlice,
+    HostSplicer,
+    HostWeights,
+    ReadRef,
+    RpcTunnelStats,
+    StoreBegin,
+    StoreChunk,
+    StoreDone,
+    TensorLocation,
+    WorkerSplicer,
 )
 
 FILE = random.Random(7).randbytes(200_000)

@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from mesh_llm.network import upstream
+from mesh_llm.network.relay import ClientGoneError, relay_from
+from mesh_llm.network.relay import threads as upstream
 from mesh_llm.network.transport import BiStream, Transport
-from mesh_llm.network.upstream import ClientGoneError, relay_from
 from tests.unit.network.conftest import STEP, connect, open_stream_on
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("relay_loops")]

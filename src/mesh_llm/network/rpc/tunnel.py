@@ -28,18 +28,6 @@ from types import TracebackType
 from typing import IO, Any, Final, Protocol, Self
 
 from mesh_llm.errors import ProtocolError, TransportError
-from mesh_llm.network.rpc_splice import (
-    FileSlice,
-    HostSplicer,
-    HostWeights,
-    ReadRef,
-    RpcTunnelStats,
-    StoreBegin,
-    StoreChunk,
-    StoreDone,
-    WorkerSplicer,
-)
-from mesh_llm.network.rpc_store import RpcStore
 from mesh_llm.protocol.rpc import (
     RpcCodecError,
 )
@@ -58,8 +46,19 @@ from mesh_llm.protocol.rpc_mesh import (
     encode_host_preamble,
     encode_worker_preamble,
 )
+from mesh_llm.protocol.rpc_splice import (
+    FileSlice,
+    HostSplicer,
+    HostWeights,
+    ReadRef,
+    RpcTunnelStats,
+    StoreBegin,
+    StoreChunk,
+    StoreDone,
+    WorkerSplicer,
+)
 
-__all__ = ["RpcStream", "RpcTunnelHost", "WorkerSources", "serve_rpc_tunnel"]
+__all__ = ["RpcStream", "RpcTunnelHost", "WeightStore", "WorkerSources", "serve_rpc_tunnel"]
 
 log = logging.getLogger(__name__)
 
@@ -315,12 +314,38 @@ def _map_parts(weights: HostWeights) -> list[mmap.mmap]:
 # ----------------------------------------------------------------------------------- worker
 
 
+class WeightStore(Protocol):
+    """The worker's store of model bytes a tunnel uses (:class:`mesh_llm.models.RpcStore`):
+    blocking, thread-safe methods, called through ``asyncio.to_thread`` where they write."""
+
+    @property
+    def enabled(self) -> bool: ...
+
+    def holdings(self, identity: str) -> tuple[Extent, ...]: ...
+
+    def part_path(self, identity: str, part: int) -> Path: ...
+
+    def pin(self, identity: str) -> None: ...
+
+    def unpin(self, identity: str) -> None: ...
+
+    def reserve(self, identity: str, length: int) -> bool: ...
+
+    def release(self, identity: str, length: int) -> None: ...
+
+    def write(self, identity: str, part: int, offset: int, data: bytes) -> None: ...
+
+    def commit(self, identity: str, part: int, offset: int, length: int) -> None: ...
+
+    def flush(self, identity: str) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerSources:
     """Where a worker finds model bytes: its own GGUFs (identity hex -> parts) and its store."""
 
     files: Mapping[str, tuple[Path, ...]] = field(default_factory=dict)
-    store: RpcStore | None = None
+    store: WeightStore | None = None
 
 
 async def serve_rpc_tunnel(

@@ -10,8 +10,8 @@ import os
 import pytest
 from iroh import iroh_ffi
 
-from mesh_llm.network import iroh_async
 from mesh_llm.network.transport import BiStream, Transport
+from mesh_llm.network.transport import _iroh_async as iroh_async
 from tests.unit.network.conftest import open_stream
 
 STEP = 10.0

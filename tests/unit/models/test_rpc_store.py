@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh_llm.network.rpc_store import RpcStore
+from mesh_llm.models.rpc_store import RpcStore
 from mesh_llm.protocol.rpc_mesh import (
     Extent,
 )

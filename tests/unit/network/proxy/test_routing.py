@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh_llm.network.routing import (
+from mesh_llm.network.proxy.routing import (
     RoutingFields,
     RoutingSnapshot,
     Target,
@@ -199,7 +199,7 @@ def test_extract_never_raises(body: bytes) -> None:
 
 def test_recently_served_model_gets_no_fallback() -> None:
     """A model whose host just left answers 503 (no candidates), not another model."""
-    from mesh_llm.network.routing import RoutingSnapshot, Target, choose_candidates
+    from mesh_llm.network.proxy.routing import RoutingSnapshot, Target, choose_candidates
 
     other = Target("a", "local:1", 1, None, 4096)
     snapshot = RoutingSnapshot({"a": [other]}, serving=True, unavailable=frozenset({"b"}))

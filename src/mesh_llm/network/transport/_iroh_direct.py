@@ -26,7 +26,7 @@ from typing import Any, Final
 
 from iroh import iroh_ffi
 
-from mesh_llm.network import iroh_async
+from mesh_llm.network.transport import _iroh_async as iroh_async
 
 __all__ = [
     "available",

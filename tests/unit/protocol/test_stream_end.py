@@ -7,7 +7,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh_llm.network.stream_end import ChunkedTracker, stream_error_tail
+from mesh_llm.protocol.stream_end import ChunkedTracker, stream_error_tail
 
 
 def chunked(payloads: list[bytes]) -> bytes:

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from mesh_llm.network import iroh_direct
+from mesh_llm.network.transport import _iroh_direct as iroh_direct
 from mesh_llm.system import cache_dir
 
 __all__ = [
