@@ -20,6 +20,7 @@ from mesh_llm.mesh.actions import (
 )
 from mesh_llm.mesh.demand import DemandTable, ModelDemand
 from mesh_llm.mesh.hosts import host_rotation_hash, hosts_for_model, routable_models, route_table
+from mesh_llm.mesh.join import JoinState, JoinStatus, join_status
 from mesh_llm.mesh.membership import Membership
 from mesh_llm.mesh.peers import PeerInfo
 from mesh_llm.mesh.service import MeshService
@@ -34,6 +35,8 @@ __all__: list[str] = [
     "Connect",
     "ConnectReason",
     "DemandTable",
+    "JoinState",
+    "JoinStatus",
     "Membership",
     "MeshIdAdopted",
     "MeshService",
@@ -46,6 +49,7 @@ __all__: list[str] = [
     "Timing",
     "host_rotation_hash",
     "hosts_for_model",
+    "join_status",
     "routable_models",
     "route_table",
 ]

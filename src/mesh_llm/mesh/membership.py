@@ -47,6 +47,7 @@ from mesh_llm.mesh.actions import (
 )
 from mesh_llm.mesh.demand import DemandTable
 from mesh_llm.mesh.hosts import hosts_for_model, route_table
+from mesh_llm.mesh.join import JoinFailure, JoinStatus, join_status
 from mesh_llm.mesh.liveness import Link
 from mesh_llm.mesh.peers import Admission, PeerTable, addr_count, strip_self_fields
 from mesh_llm.mesh.timing import Timing
@@ -69,6 +70,16 @@ log = logging.getLogger(__name__)
 class _Dial:
     reason: ConnectReason
     deadline: float
+    timeout: float
+
+
+_LOSS_REASONS = {
+    ChangeReason.DIED: "it stopped answering",
+    ChangeReason.DOWN: "another peer reported it down",
+    ChangeReason.LEFT: "it left the mesh",
+    ChangeReason.LOST: "the connection was lost",
+    ChangeReason.PRUNED: "it was not seen for too long",
+}
 
 
 def _short(peer_id: bytes) -> str:
@@ -99,6 +110,11 @@ class Membership:
         self._rng = rng or random.Random(0)
         self._mesh_id = mesh_id
         self._bootstrap = tuple(a for a in bootstrap if a.id_bytes != own_id)
+        self._bootstrap_ids = tuple(a.id_bytes for a in self._bootstrap)
+        self._join_attempts = 0
+        self._join_failure: JoinFailure | None = None
+        self._joined_once = False
+        self._join_warned: JoinFailure | None = None
         self._wall_offset = wall_offset
         self._self = PeerAnnouncement(endpoint_id=own_id, hosted_models_known=True)
         self._demand = DemandTable()
@@ -166,6 +182,18 @@ class Membership:
             self._peers.announcements(), model, self.own_id if own_id is None else own_id
         )
 
+    def join_status(self) -> JoinStatus | None:
+        """How joining through the bootstrap addresses is going; None without any."""
+        pending = {*self._dialing, *(p for p in self._links if not self._peers.is_direct(p))}
+        return join_status(
+            self._bootstrap_ids,
+            members=self._connected_members(),
+            pending=pending,
+            failure=self._join_failure,
+            joined_once=self._joined_once,
+            attempts=self._join_attempts,
+        )
+
     def route_table(self) -> RouteTable:
         return route_table(self._self, self._peers.announcements(), self._mesh_id)
 
@@ -225,6 +253,8 @@ class Membership:
         self._peers.clear_dead(pid)
         if pid in self._links:
             return [SendGossip(pid, discover=True)]
+        if addr_count(addr) == 0:
+            self._join_failed(pid, "its address lists no relay and no IP address to dial")
         return self._dial(addr, ConnectReason.JOIN, now)
 
     # ------------------------------------------------------------------------------------------
@@ -258,6 +288,8 @@ class Membership:
         if link.count > 0:
             return []
         del self._links[peer_id]
+        if self._bootstrap and self._peers.is_direct(peer_id) and not self._connected_members():
+            self._join_failed(peer_id, _LOSS_REASONS[ChangeReason.LOST])
         if peer_id in self._confirming:
             return self._remove(peer_id, now, ChangeReason.DOWN, mark_dead=True)
         info = self._peers.get(peer_id)
@@ -270,15 +302,19 @@ class Membership:
         self._reconnecting[peer_id] = now + link.dead_after(self.timing)
         return self._dial(addr, ConnectReason.RECONNECT, now)
 
-    def connect_failed(self, peer_id: bytes, now: float) -> list[Action]:
-        """A :class:`Connect` to ``peer_id`` failed or timed out."""
+    def connect_failed(self, peer_id: bytes, now: float, reason: str | None = None) -> list[Action]:
+        """A :class:`Connect` to ``peer_id`` failed or timed out (``reason``: the transport's
+        words, shown in the join state)."""
         dial = self._dialing.pop(peer_id, None)
         if dial is None:
             return []
-        return self._dial_failed(peer_id, dial.reason, now)
+        return self._dial_failed(peer_id, dial.reason, now, reason or "the connection failed")
 
-    def gossip_failed(self, peer_id: bytes, now: float) -> list[Action]:
+    def gossip_failed(self, peer_id: bytes, now: float, reason: str | None = None) -> list[Action]:
         """A :class:`SendGossip` exchange failed or timed out."""
+        if peer_id in self._bootstrap_ids and not self._peers.is_direct(peer_id):
+            why = reason or "no answer"
+            self._join_failed(peer_id, f"connected, but the gossip exchange failed: {why}")
         if peer_id in self._heartbeat_pending:
             return self._heartbeat_failed(peer_id, now)
         return []
@@ -365,7 +401,8 @@ class Membership:
         for pid, dial in sorted(self._dialing.items()):
             if now >= dial.deadline:
                 del self._dialing[pid]
-                actions += self._dial_failed(pid, dial.reason, now)
+                why = f"no answer within {dial.timeout:.0f} s"
+                actions += self._dial_failed(pid, dial.reason, now, why)
         for pid, deadline in sorted(self._heartbeat_pending.items()):
             if now >= deadline:
                 actions += self._heartbeat_failed(pid, now)
@@ -419,10 +456,16 @@ class Membership:
             return []
         t = self.timing
         timeout = t.join_connect_timeout if reason is ConnectReason.JOIN else t.connect_timeout
-        self._dialing[pid] = _Dial(reason, now + timeout)
+        self._dialing[pid] = _Dial(reason, now + timeout, timeout)
+        if pid in self._bootstrap_ids:
+            self._join_attempts += 1
         return [Connect(addr, reason, timeout)]
 
-    def _dial_failed(self, peer_id: bytes, reason: ConnectReason, now: float) -> list[Action]:
+    def _dial_failed(
+        self, peer_id: bytes, reason: ConnectReason, now: float, why: str
+    ) -> list[Action]:
+        if peer_id in self._bootstrap_ids:
+            self._join_failed(peer_id, why)
         if reason is ConnectReason.RECONNECT and peer_id in self._reconnecting:
             return self._remove(peer_id, now, ChangeReason.LOST)
         if reason is ConnectReason.HEARTBEAT and peer_id in self._heartbeat_pending:
@@ -436,6 +479,10 @@ class Membership:
             actions.append(MeshIdAdopted(entry.mesh_id))
         self._demand.merge(entry.demand)
         self._heartbeat_pending.pop(remote_id, None)
+        if self._bootstrap and not self._joined_once:
+            log.info("joined the mesh through %s", _short(remote_id))
+        self._joined_once = True
+        self._join_failure = self._join_warned = None
         match self._peers.admit(entry, now):
             case Admission.NEW:
                 log.info("%s joined", _short(remote_id))
@@ -545,4 +592,25 @@ class Membership:
             self._peers.mark_dead(peer_id, now)
         if info is not None:
             actions.append(PeersChanged(reason, peer_id))
+            if self._bootstrap and info.direct and not self._connected_members():
+                self._join_failed(peer_id, _LOSS_REASONS.get(reason, reason.value))
         return actions
+
+    def _join_failed(self, peer_id: bytes, why: str) -> None:
+        """Record (and say, at WARNING while not in any mesh) why joining did not work."""
+        failure = JoinFailure(peer_id, why)
+        self._join_failure = failure
+        if self._connected_members():
+            log.info("bootstrap peer %s: %s", _short(peer_id), why)
+            return
+        level = logging.INFO if failure == self._join_warned else logging.WARNING
+        self._join_warned = failure
+        whose = " (the --join token's node)" if peer_id in self._bootstrap_ids else ""
+        log.log(
+            level,
+            "not connected to any mesh: could not reach %s%s: %s; retrying every %.0f s",
+            _short(peer_id),
+            whose,
+            why,
+            self.timing.rejoin_interval,
+        )

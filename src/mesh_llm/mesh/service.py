@@ -251,11 +251,12 @@ class MeshService:
             conn = await self.transport.connect(addr, timeout=limit_s)
         except TransportError as exc:
             log.info("connect to %s failed: %s", _short(peer), exc)
-            self.apply(self.membership.connect_failed(peer, self._clock()))
+            self.apply(self.membership.connect_failed(peer, self._clock(), str(exc)))
             return
         if conn.remote_id_bytes != peer:
             conn.close(0, b"unexpected id")
-            self.apply(self.membership.connect_failed(peer, self._clock()))
+            why = f"the node answering is {_short(conn.remote_id_bytes)}"
+            self.apply(self.membership.connect_failed(peer, self._clock(), why))
             return
         self._register(conn, inbound=False)
 
@@ -271,7 +272,7 @@ class MeshService:
     async def _gossip(self, peer: bytes, discover: bool) -> None:
         conn = self._conn(peer)
         if conn is None:
-            self.apply(self.membership.gossip_failed(peer, self._clock()))
+            self.apply(self.membership.gossip_failed(peer, self._clock(), "no connection"))
             return
         frame_bytes = encode_gossip_frame(self.membership.gossip_frame(self._clock()))
         try:
@@ -283,8 +284,9 @@ class MeshService:
                     body = await _read_frame(stream)
             reply = decode_gossip_frame(body, remote_id=peer)
         except (TransportError, ProtocolError, TimeoutError) as exc:
-            log.info("gossip with %s failed: %s", _short(peer), exc or type(exc).__name__)
-            self.apply(self.membership.gossip_failed(peer, self._clock()))
+            why = str(exc) or type(exc).__name__
+            log.info("gossip with %s failed: %s", _short(peer), why)
+            self.apply(self.membership.gossip_failed(peer, self._clock(), why))
             return
         now = self._clock()
         self._record_rtt(peer, conn, now)

@@ -1,0 +1,94 @@
+"""How joining the mesh through the ``--join`` addresses is going (pure).
+
+The membership core records each dial of a bootstrap address, each failure with its reason, and
+each admission; :func:`join_status` turns those facts into one state that ``/api/status`` shows,
+the client's 503 explains and the warnings name:
+
+- ``joining``: the first dial is under way, nothing has failed yet;
+- ``joined``: a member of the mesh is connected and admitted;
+- ``failed``: no member, no dial under way, with the last failure's reason;
+- ``retrying``: a dial is under way again after a failure (or after the mesh was lost).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import assert_never
+
+__all__ = ["JoinFailure", "JoinState", "JoinStatus", "join_status"]
+
+
+class JoinState(enum.StrEnum):
+    JOINING = "joining"
+    JOINED = "joined"
+    FAILED = "failed"
+    RETRYING = "retrying"
+
+
+@dataclass(frozen=True, slots=True)
+class JoinFailure:
+    """The last thing that went wrong with a bootstrap peer."""
+
+    peer_id: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class JoinStatus:
+    state: JoinState
+    peer_id: bytes
+    """The bootstrap peer concerned (for ``joined``: the one connected, else any member)."""
+    reason: str | None
+    """Why the last attempt failed (``failed``, ``retrying``); None otherwise."""
+    attempts: int
+    """Dials of the bootstrap addresses so far."""
+
+    @property
+    def short_id(self) -> str:
+        return self.peer_id[:5].hex()
+
+    def describe(self) -> str:
+        """One phrase for people: what the node is doing about the mesh."""
+        match self.state:
+            case JoinState.JOINED:
+                return f"joined through {self.short_id}"
+            case JoinState.JOINING:
+                return f"still joining through {self.short_id} (no answer yet)"
+            case JoinState.RETRYING:
+                last = f" (last attempt: {self.reason})" if self.reason else ""
+                return f"retrying {self.short_id}{last}"
+            case JoinState.FAILED:
+                return f"could not reach {self.short_id}: {self.reason}"
+            case _:
+                assert_never(self.state)
+
+
+def join_status(
+    bootstrap: Sequence[bytes],
+    *,
+    members: Sequence[bytes],
+    pending: Collection[bytes],
+    failure: JoinFailure | None,
+    joined_once: bool,
+    attempts: int,
+) -> JoinStatus | None:
+    """The join state, or None when the node was given no bootstrap address.
+
+    ``members``: connected, admitted peers; ``pending``: peers being dialled or connected but
+    not admitted yet; ``failure``: the last failure (None: nothing failed since start)."""
+    if not bootstrap:
+        return None
+    if members:
+        peer = next((p for p in bootstrap if p in members), members[0])
+        return JoinStatus(JoinState.JOINED, peer, None, attempts)
+    in_progress = [p for p in bootstrap if p in pending]
+    reason = failure.reason if failure is not None else None
+    if in_progress:
+        again = failure is not None or joined_once
+        state = JoinState.RETRYING if again else JoinState.JOINING
+        return JoinStatus(state, in_progress[0], reason if again else None, attempts)
+    if failure is None:
+        return JoinStatus(JoinState.JOINING, bootstrap[0], None, attempts)  # not dialled yet
+    return JoinStatus(JoinState.FAILED, failure.peer_id, failure.reason, attempts)
