@@ -9,7 +9,9 @@ from mesh_llm.inference.backend import (
     ensure_backend,
     locate_backend,
     probe_devices,
+    prove_backend,
 )
+from mesh_llm.inference.build_plan import BuildOptions, BuildProfile
 from mesh_llm.inference.children import ChildProcess, PidRegistry, reap_recorded_children, stop_pid
 from mesh_llm.inference.launch import (
     DEFAULT_PARALLEL,
@@ -53,6 +55,8 @@ __all__ = [
     "MAX_SPLIT_RTT_MS",
     "Backend",
     "BackendBinaries",
+    "BuildOptions",
+    "BuildProfile",
     "ChildProcess",
     "LaunchSpec",
     "Member",
@@ -79,6 +83,7 @@ __all__ = [
     "plan_model",
     "probe_devices",
     "probe_health",
+    "prove_backend",
     "reap_recorded_children",
     "rpc_server_argv",
     "stop_pid",

@@ -15,7 +15,10 @@ same build.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import functools
+import hashlib
 import json
 import logging
 import os
@@ -26,22 +29,35 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mesh_llm.errors import BackendBuildError, BackendNotFoundError
+from mesh_llm.inference.build_plan import (
+    CMAKE_ARGS_ENV,
+    BuildOptions,
+    BuildProfile,
+    build_key,
+    cmake_args,
+)
+from mesh_llm.inference.selftest import SELFTEST_MODEL_VERSION, SelfTestResult, run_selftest
 from mesh_llm.system import cache_dir
+from mesh_llm.system.cpu import CpuInfo, read_cpu_info
 
 __all__ = [
     "LLAMA_CPP_COMMIT",
     "Backend",
     "BackendBinaries",
     "build_backend",
+    "build_until_proven",
+    "compiler_id",
     "detect_backend",
     "ensure_backend",
     "locate_backend",
     "probe_devices",
+    "prove_backend",
 ]
 
 log = logging.getLogger(__name__)
@@ -119,8 +135,10 @@ def _has_nvidia_gpu() -> bool:
         return False
 
 
-def build_dir(backend: Backend) -> Path:
-    return cache_dir() / "llama.cpp" / f"{LLAMA_CPP_COMMIT}-{backend.value}"
+def build_dir(backend: Backend, options: BuildOptions | None = None) -> Path:
+    """This machine's cache directory for ``backend`` (see :func:`build_plan.build_key`)."""
+    key = build_key(LLAMA_CPP_COMMIT, backend.value, read_cpu_info(), options or BuildOptions())
+    return cache_dir() / "llama.cpp" / key
 
 
 def _read_build_info(bin_dir: Path) -> tuple[str | None, Backend | None]:
@@ -152,7 +170,9 @@ def _is_executable(path: Path) -> bool:
 
 
 def locate_backend(
-    bin_dir: str | Path | None = None, backend: Backend | None = None
+    bin_dir: str | Path | None = None,
+    backend: Backend | None = None,
+    options: BuildOptions | None = None,
 ) -> BackendBinaries:
     """Find the binaries without building; the error names every place searched."""
     searched: list[str] = []
@@ -177,7 +197,7 @@ def locate_backend(
 
     backends = [backend] if backend else [detect_backend(), Backend.CPU]
     for be_choice in dict.fromkeys(backends):
-        directory = build_dir(be_choice) / "bin"
+        directory = build_dir(be_choice, options) / "bin"
         found = _find_in_dir(directory)
         if found is not None:
             commit, be = _read_build_info(directory)
@@ -193,15 +213,165 @@ def ensure_backend(
     bin_dir: str | Path | None = None,
     backend: Backend | None = None,
     *,
+    options: BuildOptions | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> BackendBinaries:
-    """Locate the binaries, building the pinned source when none are found (idempotent)."""
+    """Binaries proven to work on this machine: located (or built from the pinned source when
+    none are found), then self-tested unless this exact pair already passed on this CPU.
+
+    A cached build that fails its self-test is rebuilt with the next profile; anything else that
+    fails raises :class:`BackendBuildError` naming the self-test log.
+    """
+    options = options or BuildOptions()
+    say = progress or (lambda msg: log.info("%s", msg))
+    explicit = bool(bin_dir or os.environ.get("MESH_LLM_BIN_DIR"))
     try:
-        return locate_backend(bin_dir, backend)
+        bins = locate_backend(bin_dir, backend, options)
     except BackendNotFoundError:
-        if bin_dir or os.environ.get("MESH_LLM_BIN_DIR"):
+        if explicit:
             raise
-    return build_backend(backend or detect_backend(), progress=progress)
+        chosen = backend or detect_backend()
+        with _build_lock(chosen, options):
+            try:  # another process may have built it while we waited for the lock
+                bins = locate_backend(None, chosen, options)
+            except BackendNotFoundError:
+                return build_backend(chosen, options=options, progress=progress)
+    result = prove_backend(bins, progress=say)
+    if result.ok:
+        return bins
+    if bins.source != "cache" or bins.backend is None:
+        raise BackendBuildError(
+            f"the llama.cpp binaries in {bins.llama_server.parent} fail their self-test on this "
+            f"machine: {result.detail}; log: {result.log_path}"
+        )
+    profiles = _profiles_after(_read_profile(bins.llama_server.parent))
+    if not profiles:
+        raise BackendBuildError(
+            f"the cached llama.cpp build in {bins.llama_server.parent} fails its self-test on "
+            f"this machine: {result.detail}; log: {result.log_path}"
+        )
+    say(f"cached llama.cpp build fails its self-test ({result.detail}); rebuilding")
+    with _build_lock(bins.backend, options):
+        return build_backend(bins.backend, options=options, progress=progress, profiles=profiles)
+
+
+def _profiles_after(profile: BuildProfile | None) -> tuple[BuildProfile, ...]:
+    order = tuple(BuildProfile)
+    if profile is None:
+        return order
+    return order[order.index(profile) + 1 :]
+
+
+def _read_profile(bin_dir: Path) -> BuildProfile | None:
+    try:
+        return BuildProfile(json.loads((bin_dir / "build-info.json").read_text())["profile"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+@contextlib.contextmanager
+def _build_lock(backend: Backend, options: BuildOptions) -> Iterator[None]:
+    """One build per cache directory at a time, across processes (``flock``)."""
+    root = build_dir(backend, options)
+    root.mkdir(parents=True, exist_ok=True)
+    with (root.parent / f"{root.name}.lock").open("w") as handle:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; builds are rare enough to race there
+            yield
+            return
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# -------------------------------------------------------------------------------------- self-test
+
+
+@functools.cache
+def compiler_id() -> str:
+    """The first line of ``c++ --version`` (``none`` without a compiler): part of what a
+    self-test record vouches for."""
+    for name in ("c++", "g++", "clang++", "cc"):
+        path = shutil.which(name)
+        if path is None:
+            continue
+        try:
+            out = subprocess.run(
+                [path, "--version"], capture_output=True, text=True, timeout=10, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        lines = out.stdout.strip().splitlines()
+        if lines:
+            return lines[0].strip()
+    return "none"
+
+
+def _selftest_identity(bins: BackendBinaries, cpu: CpuInfo) -> str:
+    parts: list[object] = [cpu.fingerprint, compiler_id(), SELFTEST_MODEL_VERSION]
+    for binary in (bins.llama_server, bins.rpc_server):
+        real = binary.resolve()
+        stat = real.stat()
+        parts += [str(real), stat.st_size, stat.st_mtime_ns]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def _selftest_records() -> Path:
+    return cache_dir() / "llama.cpp" / "selftests.json"
+
+
+def _load_records() -> dict[str, Any]:
+    try:
+        data = json.loads(_selftest_records().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _save_record(identity: str, result: SelfTestResult) -> None:
+    records = _load_records()
+    records[identity] = {"seconds": round(result.seconds, 2), "detail": result.detail}
+    records[identity]["at"] = int(time.time())
+    path = _selftest_records()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(records, indent=1))
+        tmp.replace(path)
+    except OSError as exc:  # a read-only shared cache: the self-test simply runs again next time
+        log.warning("cannot record the self-test result in %s: %s", path, exc)
+
+
+def prove_backend(
+    bins: BackendBinaries,
+    *,
+    progress: Callable[[str], None] | None = None,
+    force: bool = False,
+) -> SelfTestResult:
+    """Self-test ``bins`` on this machine unless the same binaries already passed here (same CPU
+    features, same compiler). Passing results are remembered in the cache."""
+    say = progress or (lambda msg: log.info("%s", msg))
+    cpu = read_cpu_info()
+    identity = _selftest_identity(bins, cpu)
+    log_dir = bins.llama_server.parent
+    if bins.source != "cache" or not os.access(log_dir, os.W_OK):
+        log_dir = cache_dir() / "llama.cpp" / f"selftest-{identity[:12]}"
+    log_path = log_dir / "selftest.log"
+    if not force:
+        record = _load_records().get(identity)
+        if isinstance(record, dict):
+            return SelfTestResult(True, 0.0, f"passed before: {record.get('detail')}", log_path)
+    say("self-testing llama-server and rpc-server on this machine")
+    model = cache_dir() / "llama.cpp" / f"selftest-v{SELFTEST_MODEL_VERSION}.gguf"
+    result = run_selftest(bins.llama_server, bins.rpc_server, model=model, log_path=log_path)
+    if result.ok:
+        say(f"self-test passed in {result.seconds:.1f} s ({result.detail})")
+        _save_record(identity, result)
+    else:
+        say(f"self-test FAILED after {result.seconds:.1f} s: {result.detail}; log: {log_path}")
+    return result
 
 
 # ----------------------------------------------------------------------------------------- build
@@ -294,54 +464,134 @@ def _run_logged(
         raise BackendBuildError(f"{what} failed (exit {code}); full log: {log_file}")
 
 
-def build_backend(
-    backend: Backend = Backend.CPU,
+def _compile(
+    backend: Backend,
+    src: Path,
+    root: Path,
+    args: tuple[str, ...],
     *,
-    progress: Callable[[str], None] | None = None,
-    jobs: int | None = None,
-) -> BackendBinaries:
-    """Build the pinned llama.cpp for ``backend`` into the cache and return the binaries."""
-    _require_tools(backend)
-    root = build_dir(backend)
-    root.mkdir(parents=True, exist_ok=True)
-    log_file = root / "build.log"
-    log_file.write_text(f"mesh-llm build of llama.cpp {LLAMA_CPP_COMMIT} ({backend.value})\n")
-    say = progress or (lambda msg: log.info("%s", msg))
-    started = time.monotonic()
-
-    say(f"fetching llama.cpp source ({SDIST_PACKAGE}=={SDIST_VERSION} sdist)")
-    sdist = _download_sdist(cache_dir() / "downloads", log_file)
-    src = _extract_vendor(sdist, cache_dir() / "llama.cpp" / f"src-{LLAMA_CPP_COMMIT}")
-
+    say: Callable[[str], None],
+    log_file: Path,
+    jobs: int,
+) -> Path:
+    """Configure and build the two targets into ``root/build``; returns ``root/bin``."""
     build = root / "build"
-    configure = [
-        "cmake", "-S", str(src), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
-        "-DGGML_RPC=ON", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DBUILD_SHARED_LIBS=OFF",
-        "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DGGML_NATIVE=ON",
-        *_CMAKE_FLAGS[backend],
-    ]  # fmt: skip
+    shutil.rmtree(build, ignore_errors=True)  # a new profile must not reuse the old cache vars
+    configure = ["cmake", "-S", str(src), "-B", str(build), *args]
     say(f"configuring llama.cpp ({backend.value}); log: {log_file}")
     _run_logged(configure, log_file, what="cmake configure")
-    jobs = jobs or os.cpu_count() or 2
     compile_argv = ["cmake", "--build", str(build), "--config", "Release", "-j", str(jobs)]
     compile_argv += ["--target", *BUILD_TARGETS]
     say(f"compiling llama-server and ggml-rpc-server with {jobs} jobs (several minutes)")
     _run_logged(compile_argv, log_file, what="llama.cpp build", progress=say)
-
     bin_dir = root / "bin"
-    bin_dir.mkdir(exist_ok=True)
+    shutil.rmtree(bin_dir, ignore_errors=True)
+    bin_dir.mkdir()
     for name in BUILD_TARGETS:
         produced = build / "bin" / name
         if not produced.exists():
             raise BackendBuildError(f"build finished but {produced} is missing; see {log_file}")
         shutil.copy2(produced, bin_dir / name)
-    info = {"commit": LLAMA_CPP_COMMIT, "backend": backend.value, "built_at": int(time.time())}
-    (bin_dir / "build-info.json").write_text(json.dumps(info))
-    say(f"llama.cpp built in {time.monotonic() - started:.0f} s: {bin_dir}")
     shutil.rmtree(build, ignore_errors=True)
-    return BackendBinaries(
-        bin_dir / "llama-server", bin_dir / "ggml-rpc-server", "cache", LLAMA_CPP_COMMIT, backend
+    return bin_dir
+
+
+CompileStep = Callable[[BuildProfile], BackendBinaries]
+ProveStep = Callable[[BackendBinaries], SelfTestResult]
+
+
+def build_until_proven(
+    profiles: tuple[BuildProfile, ...],
+    compile_profile: CompileStep,
+    prove: ProveStep,
+    *,
+    say: Callable[[str], None],
+    build_log: Path,
+) -> BackendBinaries:
+    """Build each profile in turn until one passes its self-test; else one clear error."""
+    failures: list[str] = []
+    last_log: Path | None = None
+    for profile in profiles:
+        bins = compile_profile(profile)
+        result = prove(bins)
+        if result.ok:
+            return bins
+        last_log = result.log_path
+        failures.append(f"{profile.value} build: {result.detail}")
+        if profile is not profiles[-1]:
+            say(f"the {profile.value} build fails its self-test; rebuilding without native tuning")
+    raise BackendBuildError(
+        "the llama.cpp build fails its self-test on this machine ("
+        + "; ".join(failures)
+        + f"); self-test log: {last_log}; build log: {build_log}. "
+        f"Extra cmake arguments can be given with {CMAKE_ARGS_ENV}, or point --bin-dir at "
+        "binaries that work here"
     )
+
+
+def build_backend(
+    backend: Backend = Backend.CPU,
+    *,
+    options: BuildOptions | None = None,
+    progress: Callable[[str], None] | None = None,
+    jobs: int | None = None,
+    profiles: tuple[BuildProfile, ...] = tuple(BuildProfile),
+) -> BackendBinaries:
+    """Build the pinned llama.cpp for ``backend`` into this machine's cache directory, trying
+    ``profiles`` in order until a build passes its self-test."""
+    options = options or BuildOptions()
+    _require_tools(backend)
+    cpu = read_cpu_info()
+    root = build_dir(backend, options)
+    root.mkdir(parents=True, exist_ok=True)
+    log_file = root / "build.log"
+    log_file.write_text(f"mesh-llm build of llama.cpp {LLAMA_CPP_COMMIT} ({backend.value})\n")
+    say = progress or (lambda msg: log.info("%s", msg))
+    started = time.monotonic()
+    if cpu.amx:
+        state = "kept (opt-in)" if options.amx else "left out (crash in the pinned ggml)"
+        say(f"CPU has AMX ({', '.join(sorted(cpu.amx))}): AMX kernels {state}")
+
+    say(f"fetching llama.cpp source ({SDIST_PACKAGE}=={SDIST_VERSION} sdist)")
+    sdist = _download_sdist(cache_dir() / "downloads", log_file)
+    src = _extract_vendor(sdist, cache_dir() / "llama.cpp" / f"src-{LLAMA_CPP_COMMIT}")
+    workers = jobs or os.cpu_count() or 2
+
+    def compile_profile(profile: BuildProfile) -> BackendBinaries:
+        args = cmake_args(_CMAKE_FLAGS[backend], cpu, profile, options)
+        profile_started = time.monotonic()
+        bin_dir = _compile(backend, src, root, args, say=say, log_file=log_file, jobs=workers)
+        info = {
+            "commit": LLAMA_CPP_COMMIT,
+            "backend": backend.value,
+            "profile": profile.value,
+            "built_at": int(time.time()),
+            "cmake_args": list(args),
+            "cpu": {"arch": cpu.arch, "model": cpu.model, "fingerprint": cpu.fingerprint},
+            "compiler": compiler_id(),
+        }
+        (bin_dir / "build-info.json").write_text(json.dumps(info, indent=1))
+        say(
+            f"llama.cpp built ({profile.value}) in {time.monotonic() - profile_started:.0f} s: "
+            f"{bin_dir}"
+        )
+        return BackendBinaries(
+            bin_dir / "llama-server",
+            bin_dir / "ggml-rpc-server",
+            "cache",
+            LLAMA_CPP_COMMIT,
+            backend,
+        )
+
+    bins = build_until_proven(
+        profiles,
+        compile_profile,
+        lambda b: prove_backend(b, progress=say, force=True),
+        say=say,
+        build_log=log_file,
+    )
+    say(f"llama.cpp ready in {time.monotonic() - started:.0f} s")
+    return bins
 
 
 # --------------------------------------------------------------------------------------- devices

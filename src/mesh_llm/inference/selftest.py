@@ -61,7 +61,7 @@ class SelfTestResult:
     log_path: Path
 
 
-class _Failed(Exception):
+class _SelfTestFailedError(Exception):
     """One step of the self-test failed; the message is the user-facing reason."""
 
 
@@ -168,12 +168,12 @@ class _Child:
                     start_new_session=True,
                 )
             except OSError as exc:
-                raise _Failed(f"cannot start {what}: {exc}") from exc
+                raise _SelfTestFailedError(f"cannot start {what}: {exc}") from exc
 
     def check_alive(self, phase: str) -> None:
         code = self.proc.poll()
         if code is not None:
-            raise _Failed(f"{self.what} {describe_exit(code)} {phase}")
+            raise _SelfTestFailedError(f"{self.what} {describe_exit(code)} {phase}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -189,7 +189,7 @@ def _http_json(url: str, body: dict[str, object] | None, timeout: float) -> tupl
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - loopback URL we built
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             return int(resp.status), json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as exc:
         return int(exc.code), None
@@ -214,16 +214,20 @@ def _check_llama_server(binary: Path, model: Path, log_path: Path) -> str:
             if status == 200:
                 break
             if time.monotonic() > deadline:
-                raise _Failed(f"llama-server not healthy after {LOAD_TIMEOUT_S:.0f} s")
+                raise _SelfTestFailedError(f"llama-server not healthy after {LOAD_TIMEOUT_S:.0f} s")
             time.sleep(POLL_S)
         request = {"prompt": "Hello", "n_predict": TOKENS, "temperature": 0, "cache_prompt": False}
         status, reply = _http_json(f"{base}/completion", request, GENERATE_TIMEOUT_S)
         child.check_alive("while generating")
         if status != 200 or not isinstance(reply, dict):
-            raise _Failed(f"llama-server answered the self-test completion with HTTP {status}")
+            raise _SelfTestFailedError(
+                f"llama-server answered the self-test completion with HTTP {status}"
+            )
         produced = reply.get("tokens_predicted")
         if not isinstance(produced, int) or produced < 1:
-            raise _Failed(f"llama-server generated no tokens ({reply.get('tokens_predicted')!r})")
+            raise _SelfTestFailedError(
+                f"llama-server generated no tokens ({reply.get('tokens_predicted')!r})"
+            )
         return f"llama-server generated {produced} tokens"
     finally:
         child.stop()
@@ -236,7 +240,7 @@ def _rpc_hello(port: int) -> tuple[int, int, int]:
         head = _recv_exact(sock, 8)
         (size,) = struct.unpack("<Q", head)
         if size < 3 or size > 4096:
-            raise _Failed(f"rpc-server sent a HELLO reply of {size} bytes")
+            raise _SelfTestFailedError(f"rpc-server sent a HELLO reply of {size} bytes")
         body = _recv_exact(sock, size)
     return body[0], body[1], body[2]
 
@@ -246,7 +250,7 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     while len(data) < n:
         chunk = sock.recv(n - len(data))
         if not chunk:
-            raise _Failed("rpc-server closed the connection before answering HELLO")
+            raise _SelfTestFailedError("rpc-server closed the connection before answering HELLO")
         data += chunk
     return data
 
@@ -263,7 +267,7 @@ def _check_rpc_server(binary: Path, log_path: Path) -> str:
                 break
             except OSError as exc:
                 if time.monotonic() > deadline:
-                    raise _Failed(f"rpc-server did not answer HELLO: {exc}") from exc
+                    raise _SelfTestFailedError(f"rpc-server did not answer HELLO: {exc}") from exc
                 time.sleep(POLL_S)
         child.check_alive("after HELLO")
         return "rpc-server answered HELLO (protocol {}.{}.{})".format(*version)
@@ -283,7 +287,7 @@ def run_selftest(
             write_selftest_model(model)
         server = _check_llama_server(llama_server, model, log_path)
         rpc = _check_rpc_server(rpc_server, log_path)
-    except _Failed as exc:
+    except _SelfTestFailedError as exc:
         detail = str(exc)
         ok = False
     else:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mesh_llm.inference import BuildOptions
+
 __all__ = ["NodeConfig"]
 
 
@@ -20,6 +22,8 @@ class NodeConfig:
     bin_dir: Path | None = None
     device: str | None = None
     backend: str | None = None
+    build: BuildOptions = field(default_factory=BuildOptions)
+    """How llama.cpp is built when no binaries are found (``MESH_LLM_LLAMA_*`` variables)."""
     parallel: int = 8
     split: bool = False
     client: bool = False
@@ -34,6 +38,9 @@ class NodeConfig:
     """Overrides every model's chat template (``--chat-template-file``)."""
     embeddings: bool = False
     """Also run an embedding llama-server per chat model (``--embeddings``)."""
+    ephemeral_key: bool = False
+    """Use a fresh identity for this run instead of the state dir's key
+    (``MESH_LLM_EPHEMERAL_KEY``; a ``--client`` always does)."""
 
     @property
     def bind_host(self) -> str:

@@ -26,9 +26,7 @@ from mesh_llm.api import ChangeHub, ManagementServer
 from mesh_llm.errors import ConfigError, MeshLlmError, TransportError
 from mesh_llm.inference import (
     EMBEDDING_BATCH,
-    EMBEDDING_CTX,
     EMBEDDING_PARALLEL,
-    FIT_FACTOR,
     Backend,
     BackendBinaries,
     LaunchSpec,
@@ -36,11 +34,8 @@ from mesh_llm.inference import (
     PidRegistry,
     Plan,
     ServerFeatures,
-    choose_ctx_size,
     cpu_host_offload,
     ensure_backend,
-    fits_solo,
-    is_embedding_model,
     llama_server_argv,
     plan_model,
     reap_recorded_children,
@@ -59,22 +54,26 @@ from mesh_llm.network import (
     Target,
     UpstreamStream,
     connect_local,
+    native_relay_status,
     prepare_native_relay,
 )
-from mesh_llm.protocol import NodeRole, PeerAnnouncement
-from mesh_llm.protocol import ServedModel as WireServedModel
+from mesh_llm.protocol import PeerAnnouncement
 from mesh_llm.runtime import status as status_json
+from mesh_llm.runtime.announce import self_announcement
 from mesh_llm.runtime.config import NodeConfig
+from mesh_llm.runtime.launch_plan import LaunchInputs, ModelFacts, ModelLaunch, plan_launches
 from mesh_llm.runtime.mesh_link import MeshLink
 from mesh_llm.runtime.rpc_link import RpcLink
 from mesh_llm.runtime.runners import ModelRunner, SoloRunner, SplitRunner
+from mesh_llm.runtime.split_group import split_group
+from mesh_llm.runtime.states import ModelRole, RunnerMode, RunnerState
+from mesh_llm.runtime.timing import NodeTiming
+from mesh_llm.runtime.view import NodeView
 from mesh_llm.system import GB, HardwareSurvey, capacity_bytes, state_dir, survey_hardware
 
 __all__ = ["Node"]
 
 log = logging.getLogger(__name__)
-
-SEEN_MODEL_TTL_S = 1800.0  # a model served within this window and gone now gets 503, not fallback
 
 
 def _safe_name(name: str) -> str:
@@ -98,10 +97,10 @@ def _ready_targets(runners: Sequence[ModelRunner]) -> dict[str, list[Target]]:
     return targets
 
 
-def server_features(binary: Path) -> ServerFeatures:
+def server_features(binary: Path, timeout: float = 30.0) -> ServerFeatures:
     try:
         out = subprocess.run(
-            [str(binary), "--help"], capture_output=True, text=True, timeout=30, check=False
+            [str(binary), "--help"], capture_output=True, text=True, timeout=timeout, check=False
         )
     except (OSError, subprocess.TimeoutExpired):
         return ServerFeatures()
@@ -111,8 +110,15 @@ def server_features(binary: Path) -> ServerFeatures:
 class Node:
     """One mesh-llm node."""
 
-    def __init__(self, config: NodeConfig, *, out: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        *,
+        out: Callable[[str], None] | None = None,
+        timing: NodeTiming | None = None,
+    ) -> None:
         self.config = config
+        self.timing = timing or NodeTiming()
         self._out = out or (lambda line: print(line, flush=True))  # noqa: T201 - startup summary
         self.hub = ChangeHub()
         self.state_dir = state_dir()
@@ -123,8 +129,6 @@ class Node:
         self.models: list[ModelRunner] = []
         self.embedders: list[ModelRunner] = []
         """``--embeddings``: a second llama-server per chat model that answers /v1/embeddings."""
-        self._embedding_models: set[str] = set()
-        """Dedicated embedding models among ``models`` (served with ``--embeddings``)."""
         self.ingress: Ingress | None = None
         self.tunnel_ingress: Ingress | None = None
         self.console: ManagementServer | None = None
@@ -151,7 +155,7 @@ class Node:
         unavailable = frozenset(
             m
             for m, seen in self._seen_models.items()
-            if m not in targets and now - seen < SEEN_MODEL_TTL_S
+            if m not in targets and now - seen < self.timing.seen_model_ttl
         )
         return RoutingSnapshot(
             targets=targets,
@@ -176,7 +180,7 @@ class Node:
         """Only this node's own llama-servers: what requests arriving through a tunnel may use."""
         targets = _ready_targets(self.models)
         embedding_targets = _ready_targets(
-            [m for m in self.models if m.name in self._embedding_models] + self.embedders
+            [m for m in self.models if m.role is ModelRole.EMBEDDINGS] + self.embedders
         )
         return RoutingSnapshot(
             targets=targets, serving=bool(targets), embedding_targets=embedding_targets
@@ -184,11 +188,40 @@ class Node:
 
     # --------------------------------------------------------------------------------- status
 
+    def view(self) -> NodeView:
+        """This node at this moment, frozen (what ``/api/status`` renders)."""
+        mesh, ingress = self.mesh, self.ingress
+        membership = mesh.membership if mesh is not None else None
+        return NodeView(
+            client=self.config.client,
+            runners=tuple(m.view() for m in self.models),
+            sidecars=tuple(m.view() for m in self.embedders),
+            requested_models=self.config.models,
+            api_port=self._api_port,
+            console_port=self.console.port if self.console else self.config.console_port,
+            capacity=self.capacity,
+            routing=self.routing_snapshot(),
+            started_at=self.started_at,
+            now=time.time(),
+            node_id=mesh.node_id if mesh is not None else None,
+            token=mesh.token if mesh is not None else None,
+            mesh_id=membership.mesh_id if membership is not None else None,
+            bootstrap=bool(mesh.bootstrap) if mesh is not None else False,
+            join=mesh.join_status() if mesh is not None else None,
+            peers=mesh.peer_rows() if mesh is not None else (),
+            inflight=ingress.inflight if ingress is not None else 0,
+            requests_total=ingress.requests_total if ingress is not None else 0,
+            survey=self.survey,
+            binaries=self.binaries,
+            rpc=self.rpc.status() if self.rpc is not None else None,
+            relay=native_relay_status(),
+        )
+
     def models_listing(self) -> list[dict[str, object]]:
-        return status_json.models_listing(self)
+        return status_json.models_listing(self.routing_snapshot(), self.started_at)
 
     def status(self) -> dict[str, object]:
-        return status_json.status(self)
+        return status_json.status(self.view())
 
     def _changed(self) -> None:
         """Local state changed: refresh the event stream and re-announce ourselves."""
@@ -199,29 +232,14 @@ class Node:
     def self_announcement(self) -> PeerAnnouncement:
         assert self.mesh is not None
         assert self.mesh.transport is not None
-        ready = [m for m in self.models if m.ready]
-        if self.config.client:
-            role = NodeRole.CLIENT
-        elif ready:
-            role = NodeRole.HOST
-        else:
-            role = NodeRole.WORKER
-        api_port = self._api_port
-        return PeerAnnouncement(
+        return self_announcement(
             endpoint_id=self.mesh.transport.node_id_bytes,
-            role=role,
-            http_port=api_port if role is NodeRole.HOST else None,
-            version=__version__,
             addr=self.mesh.transport.addr(),
-            serving_models=tuple(m.name for m in self.models),
-            hosted_models=tuple(m.name for m in ready),
-            hosted_models_known=True,
-            catalog_models=tuple(self.config.models),
-            primary_serving=self.models[0].name if self.models else None,
-            served_models=tuple(
-                WireServedModel(m.name, m.identity, m.ctx_size, m.ready) for m in self.models
-            ),
-            vram_bytes=self.capacity,
+            client=self.config.client,
+            runners=[m.view() for m in self.models],
+            api_port=self._api_port,
+            catalog_models=self.config.models,
+            capacity=self.capacity,
             is_soc=self.survey.is_soc if self.survey else None,
             llama_build=self.binaries.build_id if self.binaries else None,
             rpc_ready=self._rpc_port() is not None,
@@ -241,29 +259,10 @@ class Node:
         own = mesh.transport.node_id_bytes if mesh and mesh.transport else b"\0" * 32
         build = self.binaries.build_id if self.binaries else None
         me = Member(own, self.capacity, None, build, self._rpc_port() is not None)
-        peers: list[Member] = []
-        helpers: list[Member] = []
-        if mesh is not None and mesh.membership is not None and mesh.service is not None:
-            rtts = {v.peer_id: v.rtt_ms for v in mesh.membership.peers_view(time.monotonic())}
-            for peer in mesh.membership.peer_ids():
-                ann = mesh.membership.announcement(peer)
-                if ann is None or ann.role is NodeRole.CLIENT:
-                    continue
-                if not (mesh.membership.is_admitted(peer) and mesh.service.is_connected(peer)):
-                    continue
-                rtt = rtts.get(peer)
-                member = Member(
-                    peer,
-                    ann.vram_bytes,
-                    float(rtt) if rtt is not None else None,
-                    ann.llama_build,
-                    ann.rpc_ready,
-                )
-                if model in ann.serving_models:
-                    peers.append(member)
-                elif not ann.serving_models and ann.rpc_ready:
-                    helpers.append(member)  # an idle worker: lends memory, never hosts
-        return plan_model(me, peers, size, helpers=helpers, force_split=self.config.split)
+        group = split_group(model, mesh.peer_snapshots() if mesh is not None else ())
+        return plan_model(
+            me, group.peers, size, helpers=group.helpers, force_split=self.config.split
+        )
 
     def _rpc_port(self) -> int | None:
         return self.rpc.port if self.rpc is not None else None
@@ -521,6 +520,7 @@ class Node:
                     ensure_backend,
                     self.config.bin_dir,
                     backend,
+                    options=self.config.build,
                     progress=lambda msg: self._out(f"  {msg}"),
                 )
                 self._plan_models(resolved)

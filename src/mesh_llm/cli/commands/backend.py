@@ -1,15 +1,24 @@
-"""``mesh-llm backend install|info``: build or locate llama.cpp and describe it."""
+"""``mesh-llm backend install|info``: build or locate llama.cpp, self-test it, describe it."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from mesh_llm.inference import Backend, ensure_backend, locate_backend, probe_devices
+from mesh_llm.inference import (
+    LLAMA_CPP_COMMIT,
+    Backend,
+    BuildOptions,
+    ensure_backend,
+    locate_backend,
+    probe_devices,
+    prove_backend,
+)
 from mesh_llm.network import build_native_relay
 
 __all__ = ["add_parser", "run"]
@@ -21,7 +30,8 @@ def add_parser(sub: Any) -> None:
     for name, text in (
         (
             "install",
-            "locate llama-server and rpc-server, building them from the pinned source if missing",
+            "locate llama-server and rpc-server (building them from the pinned source if missing) "
+            "and self-test them on this machine",
         ),
         ("info", "show binary paths, llama.cpp build, backend and devices"),
     ):
@@ -32,6 +42,25 @@ def add_parser(sub: Any) -> None:
             choices=[b.value for b in Backend],
             help="force a backend (default: detected)",
         )
+        if name == "install":
+            action.add_argument(
+                "--amx",
+                action="store_true",
+                default=None,
+                help="keep ggml's AMX kernels on CPUs that have AMX (left out by default: they "
+                "crash the pinned build; env MESH_LLM_LLAMA_AMX=1)",
+            )
+            action.add_argument(
+                "--cmake-args",
+                metavar="ARGS",
+                help="extra cmake arguments for the llama.cpp build, one shell-quoted string "
+                "(env MESH_LLM_LLAMA_CMAKE_ARGS)",
+            )
+            action.add_argument(
+                "--selftest",
+                action="store_true",
+                help="run the self-test even if these binaries already passed on this machine",
+            )
         if name == "info":
             action.add_argument("--json", action="store_true", help="print JSON")
 
@@ -44,9 +73,18 @@ def _version(binary: Path) -> str:
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     text = (out.stdout + out.stderr).strip().splitlines()
-    return next(
+    line = next(
         (line for line in text if line.startswith("version")), text[0] if text else "unknown"
     )
+    return line.removeprefix("version:").strip()
+
+
+def _build_info(bin_dir: Path) -> dict[str, Any]:
+    try:
+        info = json.loads((bin_dir / "build-info.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 def _native_relay() -> str:
@@ -57,18 +95,37 @@ def _native_relay() -> str:
         return f"unavailable, relays stay in Python ({exc})"
 
 
+def _install(args: argparse.Namespace, backend: Backend | None) -> int:
+    options = BuildOptions.from_environ(os.environ, amx=args.amx, extra_cmake_args=args.cmake_args)
+
+    def say(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    bins = ensure_backend(args.bin_dir, backend, options=options, progress=say)
+    if args.selftest:
+        result = prove_backend(bins, progress=say, force=True)
+        if not result.ok:
+            print(f"error: self-test failed: {result.detail}; log: {result.log_path}")
+            return 1
+    profile = _build_info(bins.llama_server.parent).get("profile")
+    print(f"llama-server: {bins.llama_server}")
+    print(f"rpc-server:   {bins.rpc_server}")
+    print(
+        f"build:        {bins.build_id} (found via {bins.source}"
+        + (f", {profile} profile)" if profile else ")")
+    )
+    print("self-test:    passed on this machine")
+    print(f"native relay: {_native_relay()}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     backend = Backend(args.backend) if args.backend else None
     if args.backend_command == "install":
-        bins = ensure_backend(
-            args.bin_dir, backend, progress=lambda msg: print(msg, file=sys.stderr, flush=True)
-        )
-        print(f"llama-server: {bins.llama_server}")
-        print(f"rpc-server:   {bins.rpc_server}")
-        print(f"build:        {bins.build_id} (found via {bins.source})")
-        print(f"native relay: {_native_relay()}")
-        return 0
+        return _install(args, backend)
     bins = locate_backend(args.bin_dir, backend)
+    build = _build_info(bins.llama_server.parent)
+    commit = bins.commit or ("unknown" if bins.source != "cache" else LLAMA_CPP_COMMIT)
     info = {
         "llama_server": str(bins.llama_server),
         "rpc_server": str(bins.rpc_server),
@@ -76,16 +133,29 @@ def run(args: argparse.Namespace) -> int:
         "commit": bins.commit,
         "backend": bins.backend.value if bins.backend else None,
         "build_id": bins.build_id,
+        "profile": build.get("profile"),
+        "cmake_args": build.get("cmake_args"),
         "version": _version(bins.llama_server),
         "devices": [{"name": n, "description": d} for n, d in probe_devices(bins.rpc_server)],
     }
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    for key in ("llama_server", "rpc_server", "source", "build_id", "version"):
+    for key in ("llama_server", "rpc_server", "source"):
         print(f"{key + ':':14}{info[key]}")
-    print("devices:")
-    for dev in info["devices"] or [{"name": "(none reported)", "description": ""}]:
-        assert isinstance(dev, dict)
-        print(f"  {dev['name']}: {dev['description']}")
+    llama = f"commit {commit}" + (" (pinned)" if commit == LLAMA_CPP_COMMIT else "")
+    llama += f", {info['backend'] or 'unknown'} backend"
+    if info["profile"]:
+        llama += f", {info['profile']} build"
+    print(f"{'llama.cpp:':14}{llama}")
+    print(f"{'build_id:':14}{info['build_id']}")
+    print(f"{'version:':14}{info['version']}")
+    devices = info["devices"]
+    assert isinstance(devices, list)
+    if not devices:
+        print(f"{'devices:':14}CPU only (rpc-server reports no accelerator)")
+    else:
+        print("devices:")
+        for dev in devices:
+            print(f"  {dev['name']}: {dev['description']}")
     return 0

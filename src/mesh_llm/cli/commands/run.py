@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from pathlib import Path
 
 from mesh_llm.errors import ConfigError
+from mesh_llm.inference import BuildOptions
 from mesh_llm.runtime import Node, NodeConfig
 
 __all__ = ["add_run_arguments", "config_from_args", "run"]
@@ -98,6 +100,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         bin_dir=args.bin_dir,
         device=args.device,
         backend=args.backend,
+        build=BuildOptions.from_environ(os.environ),
         parallel=args.parallel,
         client=args.client,
         split=args.split,
@@ -111,6 +114,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
             args.chat_template_file.resolve() if args.chat_template_file is not None else None
         ),
         embeddings=args.embeddings,
+        ephemeral_key=bool(os.environ.get("MESH_LLM_EPHEMERAL_KEY")),
     )
 
 
