@@ -18,6 +18,7 @@ from pathlib import Path
 from mesh_llm.errors import ProcessError
 from mesh_llm.inference.children import ChildProcess, PidRegistry
 from mesh_llm.inference.launch import LaunchSpec
+from mesh_llm.inference.selftest import describe_exit
 
 __all__ = ["RestartPolicy", "ServerState", "ServerSupervisor", "free_port", "probe_health"]
 
@@ -151,7 +152,11 @@ class ServerSupervisor:
             uptime = time.monotonic() - started
             crashes = self._policy.crashes_after_exit(crashes, uptime)
             tail = self._child.log_tail(8) if self._child else ""
-            reason = self.last_error if code is None else f"exited with code {code}"
+            reason = (
+                self.last_error
+                if code is None
+                else f"llama-server {describe_exit(code)}; log: {self.log_path}"
+            )
             delay = self._policy.next_delay(crashes)
             if delay is None:
                 msg = (
@@ -162,7 +167,7 @@ class ServerSupervisor:
                 self._set(ServerState.FAILED, msg)
                 return
             log.warning(
-                "%s: llama-server %s; restart %d in %.0f s\n%s",
+                "%s: %s; restart %d in %.0f s\n%s",
                 self.name,
                 reason,
                 crashes,
@@ -170,7 +175,7 @@ class ServerSupervisor:
                 tail,
             )
             self.restarts += 1
-            self._set(ServerState.RESTARTING, f"llama-server {reason}")
+            self._set(ServerState.RESTARTING, reason)
             await asyncio.sleep(delay)
         self._set(ServerState.STOPPED)
 
@@ -188,7 +193,7 @@ class ServerSupervisor:
         while True:
             if self._child.returncode is not None:
                 raise ProcessError(
-                    f"llama-server exited with code {self._child.returncode} while loading; "
+                    f"llama-server {describe_exit(self._child.returncode)} while loading; "
                     f"log: {spec.log_path}"
                 )
             if await probe_health(port):

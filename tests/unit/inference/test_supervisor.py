@@ -87,6 +87,23 @@ async def test_gives_up_after_repeated_crashes(tmp_path: Path) -> None:
     assert ServerState.RESTARTING in changes
 
 
+async def test_a_crash_by_signal_names_the_signal_and_the_log(tmp_path: Path) -> None:
+    """What a user sees when llama-server segfaults (an AMX CPU with the old build)."""
+    script = tmp_path / "segv.sh"
+    script.write_text("#!/bin/sh\nkill -SEGV $$\n")
+    script.chmod(0o755)
+
+    def make(port: int) -> LaunchSpec:
+        return LaunchSpec("m", (str(script), "--port", str(port)), port, tmp_path / "m.log", {})
+
+    sup = ServerSupervisor("m", make, policy=RestartPolicy(base_delay_s=0.01, max_crashes=2))
+    await asyncio.wait_for(sup.run(), 30)
+    assert sup.state is ServerState.FAILED
+    assert sup.last_error is not None
+    assert "giving up (llama-server was killed by SIGSEGV while loading" in sup.last_error
+    assert f"log: {tmp_path / 'm.log'}" in sup.last_error
+
+
 def test_reap_only_recorded_children(tmp_path: Path) -> None:
     registry = PidRegistry(tmp_path / "children.json")
     ours = subprocess.Popen(["sleep", "60"], start_new_session=True)
