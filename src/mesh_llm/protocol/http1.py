@@ -14,6 +14,16 @@ Contract (one request per connection):
   decoded; chunk extensions and trailers are accepted and dropped); decoded body at most
   ``max_body`` bytes and chunked wire bytes at most :func:`chunked_wire_limit`, else 413;
 * anything else malformed is a 400; bytes after the request are counted and discarded.
+
+Strict where framing could be read two ways (RFC 9112): lines end with CRLF only (a bare CR or
+LF is a 400 as soon as it arrives), no obs-fold, header names are tokens, values have no
+controls but HTAB; ``Content-Length`` is digits only and its duplicates must agree; any
+``Transfer-Encoding`` other than exactly ``chunked`` (empty included) is a 400; more than one
+``Host`` is a 400. ``Content-Length`` next to ``chunked`` is ignored (chunked wins): what goes
+upstream is always re-framed by :func:`serialize_forward` with one fresh ``Content-Length`` and
+the connection closes after one request, so nothing ambiguous reaches llama-server.
+``docs/DESIGN.md`` ("HTTP/1.1 parsing") has the case list and the comparison with httptools
+and h11.
 """
 
 from __future__ import annotations
@@ -37,13 +47,28 @@ SMALL_BODY_LIMIT = 4096
 
 CONTINUE_RESPONSE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
+_CR = 0x0D
+
 _TCHARS = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
 _TOKEN = re.compile(rb"[" + _TCHARS + rb"]+")
 _REQUEST_LINE = re.compile(rb"([" + _TCHARS + rb"]+) ([^\x00-\x20\x7f]+) HTTP/([0-9])\.([0-9])")
+_TOKENS = re.compile(r"[" + _TCHARS.decode() + r"]*")
+_HEAD_ALLOWED = bytes(b for b in range(256) if (b >= 0x20 and b != 0x7F) or b in b"\t\r\n")
+"""Bytes that may appear in a request head: no controls but HTAB and the CRLFs."""
+# Lengths of the header names _parse_head looks at: other headers skip the lower().
+_FRAMING_NAME_LENGTHS = frozenset(
+    map(len, ("host", "expect", "content-length", "transfer-encoding"))
+)
 _STATUS_LINE = re.compile(rb"HTTP/[0-9]\.[0-9] ([0-9]{3})(?: [^\x00-\x08\x0a-\x1f\x7f]*)?")
 _BAD_FIELD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# A CR not followed by LF, or an LF not preceded by CR (the last byte may be a CR whose LF
+# has not arrived yet: callers look at that case).
+_BARE_CR_OR_LF = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 _CONTENT_LENGTH = re.compile(rb"[0-9]{1,18}")
-_CHUNK_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
+# chunk = chunk-size [ chunk-ext ] CRLF; chunk-ext = *( BWS ";" BWS ext-name [ BWS "=" BWS
+# ext-value ] ) (RFC 9112 7.1.1): no whitespace after the size without an extension, and no
+# controls other than HTAB inside one.
+_CHUNK_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[^\x00-\x08\x0a-\x1f\x7f]*)?")
 
 _NOT_FORWARDED = frozenset(
     {
@@ -231,6 +256,11 @@ class RequestReader:
         if end < 0:
             if len(buf) + self._skipped > MAX_HEAD_BYTES:
                 raise _headers_too_large("request headers exceed 64 KiB")
+            # A complete head with a bare CR or LF fails in _parse_head; an incomplete one
+            # (say, every line ended by LF alone) would otherwise wait for the 408.
+            bare = _BARE_CR_OR_LF.search(buf, max(0, self._scan_from - 1))
+            if bare is not None and (bare.start() != len(buf) - 1 or buf[-1] != _CR):
+                raise _bad_request("bare CR or LF in the request head (lines end with CRLF)")
             self._scan_from = len(buf)
             return False
         if end + 4 + self._skipped > MAX_HEAD_BYTES:
@@ -262,17 +292,19 @@ class RequestReader:
         try:
             while self._state is ReaderState.BODY:
                 if self._chunk is _Chunk.SIZE:
-                    end = buf.find(b"\r\n", pos, pos + MAX_CHUNK_SIZE_LINE + 2)
+                    end = buf.find(b"\n", pos, pos + MAX_CHUNK_SIZE_LINE + 2)
                     if end < 0:
                         if len(buf) - pos > MAX_CHUNK_SIZE_LINE:
                             raise _bad_request("chunk size line too long")
                         return
-                    match = _CHUNK_SIZE_LINE.fullmatch(buf, pos, end)
+                    if end == pos or buf[end - 1] != _CR:
+                        raise _bad_request("bare LF in chunked framing")
+                    match = _CHUNK_SIZE_LINE.fullmatch(buf, pos, end - 1)
                     if match is None:
                         raise _bad_request("invalid chunk size")
                     size = int(match.group(1), 16)
-                    self._wire += end + 2 - pos
-                    pos = end + 2
+                    self._wire += end + 1 - pos
+                    pos = end + 1
                     if size == 0:
                         self._chunk = _Chunk.TRAILER
                     elif len(self._body) + size > self._max_body:
@@ -299,14 +331,16 @@ class RequestReader:
                     self._wire += 2
                     self._chunk = _Chunk.SIZE
                 else:
-                    end = buf.find(b"\r\n", pos)
+                    end = buf.find(b"\n", pos)
                     if end < 0:
                         if len(buf) - pos + self._trailer_bytes > MAX_HEAD_BYTES:
                             raise _headers_too_large("chunked trailers exceed 64 KiB")
                         return
-                    line = bytes(buf[pos:end])
-                    self._wire += end + 2 - pos
-                    pos = end + 2
+                    if end == pos or buf[end - 1] != _CR:
+                        raise _bad_request("bare LF in chunked framing")
+                    line = bytes(buf[pos : end - 1])
+                    self._wire += end + 1 - pos
+                    pos = end + 1
                     if not line:
                         self._state = ReaderState.DONE
                         return
@@ -345,9 +379,30 @@ def _parse_header_line(line: bytes) -> tuple[str, str]:
     return name.decode("ascii"), value.decode("latin-1")
 
 
+def _parse_fields(head: bytes, lines: list[str]) -> tuple[tuple[str, str], ...]:
+    """The header lines (``lines`` after the request line), names and values decoded.
+
+    Whole-head checks with bytes methods and one regex over all names instead of per-line
+    regexes: the per-line Python cost dominated the parse. A head that fails them is read
+    again line by line for the precise reason.
+    """
+    parts = [line.partition(":") for line in lines]
+    if (
+        head.translate(None, _HEAD_ALLOWED)
+        or head.count(b"\r") != len(lines)
+        or head.count(b"\n") != len(lines)
+        or not all([sep and name for name, sep, _ in parts])
+        or not _TOKENS.fullmatch("".join([name for name, _, _ in parts]))
+    ):
+        for line in head.split(b"\r\n")[1:]:
+            _parse_header_line(line)  # raises with the precise reason
+        raise _bad_request("malformed header line")
+    return tuple([(name, value.strip(" \t")) for name, _, value in parts])
+
+
 def _parse_head(head: bytes, max_body: int) -> _Head:
-    lines = head.split(b"\r\n")
-    match = _REQUEST_LINE.fullmatch(lines[0])
+    lines = head.decode("latin-1").split("\r\n")
+    match = _REQUEST_LINE.fullmatch(lines[0].encode("latin-1"))
     if match is None:
         raise _bad_request("malformed request line")
     method, target, major, minor = match.groups()
@@ -355,18 +410,29 @@ def _parse_head(head: bytes, max_body: int) -> _Head:
         raise _bad_request("unsupported HTTP version")
     if len(lines) - 1 > MAX_HEADER_LINES:
         raise _headers_too_large(f"more than {MAX_HEADER_LINES} request headers")
-    headers = tuple(_parse_header_line(line) for line in lines[1:])
+    del lines[0]
+    headers = _parse_fields(head, lines)
     version = f"HTTP/{major.decode()}.{minor.decode()}"
 
     transfer_codings: list[str] = []
     lengths: set[int] = set()
     expect_continue = False
+    hosts = 0
     for name, value in headers:
+        if len(name) not in _FRAMING_NAME_LENGTHS:
+            continue
         key = name.lower()
         if key == "transfer-encoding":
-            transfer_codings += [c.strip().lower() for c in value.split(",") if c.strip()]
+            codings = [c.strip().lower() for c in value.split(",") if c.strip()]
+            if not codings:
+                raise _bad_request("empty Transfer-Encoding")
+            transfer_codings += codings
         elif key == "content-length":
             lengths.update(_parse_content_length(value, max_body))
+        elif key == "host":
+            hosts += 1
+            if hosts > 1:
+                raise _bad_request("more than one Host header")
         elif key == "expect" and value.lower() == "100-continue":
             expect_continue = version == "HTTP/1.1"
 
