@@ -21,7 +21,10 @@ decode names and values, join the body, and count header lines and body bytes ag
 limits (64 header lines, 8 MiB body); head size is bounded by the library (h11:
 ``max_incomplete_event_size``) or by the callbacks (httptools).
 
-    .venv/bin/python bench/bench_http_parse.py [--rounds 15] [--batch-ms 20]
+    .venv/bin/python bench/bench_http_parse.py [--rounds 15] [--batch-ms 20] [--against REV]
+
+``--against REV`` adds ``protocol/http1.py`` as of git revision REV as one more parser
+(``ours@REV``), to measure a change to our parser in the same interleaved rounds.
 
 Needs ``httptools`` and ``h11`` (``.venv/bin/pip install httptools h11``; h11 comes with httpx);
 a missing one is skipped. Prints tables and writes JSON to ``bench/results/``.
@@ -37,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,8 +55,6 @@ from mesh_llm.protocol.http1 import (  # noqa: E402
     DEFAULT_MAX_BODY,
     MAX_HEAD_BYTES,
     MAX_HEADER_LINES,
-    PipelinedBytes,
-    RequestComplete,
     RequestReader,
 )
 
@@ -79,10 +81,10 @@ class RejectedError(Exception):
 # -- adapters ---------------------------------------------------------------------------------
 
 
-def parse_ours(segments: list[bytes]) -> list[Parsed]:
+def parse_ours(segments: list[bytes], reader_class: Any = RequestReader) -> list[Parsed]:
     """mesh_llm.protocol.http1: one reader per request; pipelined bytes go to a fresh reader."""
     out: list[Parsed] = []
-    reader = RequestReader(DEFAULT_MAX_BODY)
+    reader = reader_class(DEFAULT_MAX_BODY)
     try:
         for segment in segments:
             data = segment
@@ -90,12 +92,12 @@ def parse_ours(segments: list[bytes]) -> list[Parsed]:
                 events = reader.feed(data)
                 data = b""
                 for event in events:
-                    if isinstance(event, RequestComplete):
+                    if type(event).__name__ == "RequestComplete":
                         r = event.request
                         out.append((r.method, r.target, r.headers, r.body))
-                    elif isinstance(event, PipelinedBytes):
+                    elif type(event).__name__ == "PipelinedBytes":
                         data = segment[len(segment) - event.count :]
-                        reader = RequestReader(DEFAULT_MAX_BODY)
+                        reader = reader_class(DEFAULT_MAX_BODY)
     except ProtocolError as exc:
         raise RejectedError(str(exc)) from exc
     return out
@@ -205,8 +207,26 @@ def parse_h11(segments: list[bytes]) -> list[Parsed]:
     return out
 
 
-def parsers() -> dict[str, ParseFn]:
+def ours_at(rev: str) -> ParseFn:
+    """parse_ours with protocol/http1.py as of git revision ``rev``."""
+    source = subprocess.run(
+        ["git", "show", f"{rev}:src/mesh_llm/protocol/http1.py"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout
+    name = "_http1_at_" + rev.replace("~", "_").replace("^", "_")
+    module = types.ModuleType(name)
+    sys.modules[name] = module  # dataclasses look their module up
+    exec(compile(source, f"http1.py@{rev}", "exec"), module.__dict__)
+    reader_class = module.RequestReader
+    return lambda segments: parse_ours(segments, reader_class)
+
+
+def parsers(against: str | None = None) -> dict[str, ParseFn]:
     found: dict[str, ParseFn] = {"ours": parse_ours}
+    if against:
+        found[f"ours@{against}"] = ours_at(against)
     if httptools is not None:
         found["httptools"] = parse_httptools
     if h11 is not None:
@@ -441,9 +461,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--batch-ms", type=float, default=20.0)
+    parser.add_argument("--against", metavar="REV", help="also time http1.py as of REV")
     args = parser.parse_args()
 
-    found = parsers()
+    found = parsers(args.against)
     cases = workloads()
     check_agree(found, cases)
     libs = [name for name in found if name != "ours"]
@@ -481,6 +502,7 @@ def main() -> None:
         "python": platform.python_version(),
         "versions": versions,
         "rounds": args.rounds,
+        "against": args.against,
         "speed": speed,
         "strictness": strictness,
     }
