@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from mesh_llm import __version__
+from mesh_llm.cli.argv import UsageError, check_argv
 from mesh_llm.cli.commands import backend as backend_cmd
 from mesh_llm.cli.commands import models as models_cmd
 from mesh_llm.cli.commands import run as run_cmd
@@ -59,6 +60,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args_list:
         parser.print_help()
         return 0
+    try:
+        check_argv(parser, args_list)
+    except UsageError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        print(f"run `{exc.prog} --help` for what it takes", file=sys.stderr)
+        return 2
     args = parser.parse_args(args_list)
     _configure_logging(args.log_level)
     try:

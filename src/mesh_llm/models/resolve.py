@@ -17,13 +17,14 @@ part.
 
 from __future__ import annotations
 
+import difflib
 import enum
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from mesh_llm.errors import ModelNotFoundError
-from mesh_llm.models.catalog import CatalogEntry, find, find_by_file, search
+from mesh_llm.models.catalog import CatalogEntry, entries, find, find_by_file, search
 from mesh_llm.models.direct import MIN_COMPLETE_BYTES, download_url, url_filename
 from mesh_llm.models.hub import (
     Downloader,
@@ -39,10 +40,17 @@ from mesh_llm.models.store import (
     ensure_catalog_model,
     find_installed,
     find_local,
+    installed_models,
 )
 from mesh_llm.system import hf_hub_cache, models_dir
 
-__all__ = ["ModelSourceKind", "ResolvedModel", "find_mmproj", "resolve_model"]
+__all__ = [
+    "ModelSourceKind",
+    "ResolvedModel",
+    "closest_model_name",
+    "find_mmproj",
+    "resolve_model",
+]
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +230,21 @@ def resolve_model(
         names = ", ".join(e.name for e in candidates[:8])
         more = f" and {len(candidates) - 8} more" if len(candidates) > 8 else ""
         raise ModelNotFoundError(f"model {text!r} is ambiguous: it matches {names}{more}")
+    close = closest_model_name(text)
+    hint = f"did you mean {close}? " if close is not None else ""
     raise ModelNotFoundError(
         f"model {text!r} not found: not a file, not in the model store ({models_dir()}) "
-        f"or the Hugging Face cache ({hf_hub_cache()}), and not in the catalog; {_LIST_HINT}"
+        f"or the Hugging Face cache ({hf_hub_cache()}), and not in the catalog; {hint}{_LIST_HINT}"
     )
+
+
+def closest_model_name(text: str) -> str | None:
+    """The catalog or installed model name closest to ``text``, if one is a likely typo of it."""
+    names = {entry.name.lower(): entry.name for entry in entries()}
+    try:
+        for model in installed_models():
+            names.setdefault(model.name.lower(), model.name)
+    except OSError:
+        pass
+    close = difflib.get_close_matches(text.lower(), list(names), n=1, cutoff=0.75)
+    return names[close[0]] if close else None

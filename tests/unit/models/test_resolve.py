@@ -249,3 +249,16 @@ def test_any_text_resolves_or_raises_a_model_error(dirs: Dirs, ref: str) -> None
     except MeshLlmError:
         return
     assert resolved.path.is_file()
+
+
+def test_a_misspelled_name_gets_a_suggestion(dirs: Dirs) -> None:
+    with pytest.raises(ModelNotFoundError, match=r"did you mean SmolLM2-135M-Instruct\?"):
+        resolve_model("SmolLM3-135M-Instruct", download=False)
+    with pytest.raises(ModelNotFoundError, match=r"did you mean Qwen3-8B-Q4_K_M\?"):
+        resolve_model("Qwen3-8B-Q4KM", download=False)
+    write_gguf(dirs.models / "my-finetune-v2.gguf")
+    with pytest.raises(ModelNotFoundError, match=r"did you mean my-finetune-v2\?"):
+        resolve_model("my-fintune-v2", download=False)
+    with pytest.raises(ModelNotFoundError) as excinfo:
+        resolve_model("gpt-4o", download=False)
+    assert "did you mean" not in str(excinfo.value)
