@@ -567,6 +567,7 @@ def build_backend(
             "profile": profile.value,
             "built_at": int(time.time()),
             "cmake_args": list(args),
+            "amx_opt_in": options.amx,
             "cpu": {"arch": cpu.arch, "model": cpu.model, "fingerprint": cpu.fingerprint},
             "compiler": compiler_id(),
         }

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -81,6 +82,18 @@ def write_selftest_model(path: Path) -> Path:
     """Write the self-test model (about 100 KB) to ``path`` atomically; returns ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    gguf_log = logging.getLogger("gguf.gguf_writer")
+    level = gguf_log.level
+    gguf_log.setLevel(logging.WARNING)  # its INFO lines would interleave with our progress
+    try:
+        _write_model(tmp)
+    finally:
+        gguf_log.setLevel(level)
+    tmp.replace(path)
+    return path
+
+
+def _write_model(tmp: Path) -> None:
     tokens, scores, types = _vocab()
     rng = np.random.default_rng(SELFTEST_MODEL_VERSION)
     writer = gguf.GGUFWriter(str(tmp), "llama")
@@ -130,8 +143,6 @@ def write_selftest_model(path: Path) -> Path:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    tmp.replace(path)
-    return path
 
 
 def _free_port() -> int:
