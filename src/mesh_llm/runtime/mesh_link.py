@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mesh_llm.errors import ConfigError, ProtocolError
-from mesh_llm.mesh import Membership, MeshService, SendGossip, Timing
+from mesh_llm.mesh import JoinStatus, Membership, MeshService, SendGossip, Timing
 from mesh_llm.network import (
     BiStream,
     PeerTraffic,
@@ -35,6 +33,8 @@ from mesh_llm.protocol import (
     random_mesh_id,
 )
 from mesh_llm.runtime.config import NodeConfig
+from mesh_llm.runtime.split_group import PeerSnapshot
+from mesh_llm.runtime.view import PeerRow
 
 __all__ = ["MeshLink", "decode_join_tokens"]
 
@@ -68,13 +68,6 @@ def _mesh_id_for(config: NodeConfig, state: Path) -> str | None:
     return mesh_id
 
 
-@dataclass(frozen=True, slots=True)
-class RemoteModel:
-    model: str
-    peer_hex: str
-    context_length: int | None
-
-
 class MeshLink:
     """The node's mesh membership, started by :meth:`start` and run by :meth:`run`."""
 
@@ -101,7 +94,7 @@ class MeshLink:
 
     async def start(self) -> None:
         """Bind the QUIC endpoint (never waits on the internet) and build the core."""
-        ephemeral = self.config.client or bool(os.environ.get("MESH_LLM_EPHEMERAL_KEY"))
+        ephemeral = self.config.client or self.config.ephemeral_key
         key = generate_key() if ephemeral else load_or_create_key(self.state / "key")
         relays = list(self.config.relays) or None
         self.transport = await Transport.bind(
@@ -154,10 +147,6 @@ class MeshLink:
             await self.service.close()
         if self.transport is not None:
             await self.transport.close()
-
-    def refresh_token(self) -> None:
-        if self.transport is not None:
-            self.token = encode_token(self.transport.addr())
 
     def announce(self, announcement: PeerAnnouncement) -> None:
         """Publish what this node serves (gossiped at once to every connected member)."""
@@ -214,31 +203,41 @@ class MeshLink:
                 )
         return targets
 
-    def peers_status(self) -> list[dict[str, object]]:
-        membership = self.membership
-        service = self.service
+    def join_status(self) -> JoinStatus | None:
+        """How joining through the ``--join`` tokens goes; None without any."""
+        return self.membership.join_status() if self.membership is not None else None
+
+    def peer_snapshots(self) -> tuple[PeerSnapshot, ...]:
+        """Every peer with an announcement, frozen, for split planning."""
+        membership, service = self.membership, self.service
         if membership is None or service is None:
-            return []
-        rows: list[dict[str, object]] = []
+            return ()
+        rtts = {v.peer_id: v.rtt_ms for v in membership.peers_view(time.monotonic())}
+        snapshots: list[PeerSnapshot] = []
+        for peer in membership.peer_ids():
+            ann = membership.announcement(peer)
+            if ann is None:
+                continue
+            rtt = rtts.get(peer)
+            snapshots.append(
+                PeerSnapshot(
+                    peer,
+                    ann,
+                    float(rtt) if rtt is not None else None,
+                    admitted=membership.is_admitted(peer),
+                    connected=service.is_connected(peer),
+                )
+            )
+        return tuple(snapshots)
+
+    def peer_rows(self) -> tuple[PeerRow, ...]:
+        """Every known peer as ``/api/status`` lists it."""
+        membership, service = self.membership, self.service
+        if membership is None or service is None:
+            return ()
+        rows: list[PeerRow] = []
         for view in membership.peers_view(time.monotonic()):
             traffic = service.traffic.get(view.peer_id)
-            rows.append(
-                {
-                    "id": view.peer_id.hex(),
-                    "short_id": view.peer_id[:5].hex(),
-                    "role": view.role.name.capitalize(),
-                    "models": list(view.serving_models),
-                    "serving_models": list(view.serving_models),
-                    "hosted_models": list(view.hosted_models),
-                    "hosted_models_known": True,
-                    "vram_gb": round(view.vram_bytes / 1e9, 2),
-                    "version": view.version,
-                    "rtt_ms": view.rtt_ms,
-                    "direct": view.direct,
-                    "connected": view.connected,
-                    "last_seen_secs_ago": round(view.last_seen_age, 1),
-                    "tunnel_bytes_sent": traffic.sent if traffic else 0,
-                    "tunnel_bytes_received": traffic.received if traffic else 0,
-                }
-            )
-        return rows
+            sent, received = (traffic.sent, traffic.received) if traffic else (0, 0)
+            rows.append(PeerRow(view, sent, received))
+        return tuple(rows)

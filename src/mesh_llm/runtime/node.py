@@ -20,6 +20,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import assert_never
 
 from mesh_llm import __version__
 from mesh_llm.api import ChangeHub, ManagementServer
@@ -105,6 +106,20 @@ def server_features(binary: Path, timeout: float = 30.0) -> ServerFeatures:
     except (OSError, subprocess.TimeoutExpired):
         return ServerFeatures()
     return ServerFeatures.from_help(out.stdout + out.stderr)
+
+
+def _model_facts(name: str, model: ResolvedModel, info: GgufInfo) -> ModelFacts:
+    entry = model.catalog_entry
+    template = entry.chat_template if entry is not None else None
+    return ModelFacts(
+        name=name,
+        file_size=info.file_size,
+        trained_ctx=info.context_length,
+        architecture=info.architecture,
+        pooling_type=info.pooling_type,
+        catalog_embedding=entry is not None and entry.embedding,
+        bundled_template=bundled_chat_template(template) if template else None,
+    )
 
 
 class Node:
@@ -272,9 +287,6 @@ class Node:
             raise TransportError("this node runs no RPC tunnels")
         return await self.rpc.endpoint(peer, model_path)
 
-    def rpc_status(self) -> dict[str, object] | None:
-        return self.rpc.status() if self.rpc is not None else None
-
     # -------------------------------------------------------------------------------- startup
 
     def _resolve_models(self) -> list[tuple[str, ResolvedModel, GgufInfo]]:
@@ -291,122 +303,103 @@ class Node:
         return resolved
 
     def _plan_models(self, resolved: list[tuple[str, ResolvedModel, GgufInfo]]) -> None:
+        """Decide each model's launch (:func:`plan_launches`, pure) and build its runners."""
         assert self.binaries is not None
         binaries = self.binaries
-        features = server_features(binaries.llama_server)
         gpu = bool(binaries.backend and binaries.backend.is_gpu)
-        used = 0
-        for index, (name, model, info) in enumerate(resolved):
-            # The first model may be split across the mesh; the others must fit (spec §1).
-            solo = fits_solo(self.capacity - used, info.file_size) and not (
-                index == 0 and self.config.split
+        facts = tuple(_model_facts(name, model, info) for name, model, info in resolved)
+        launches = plan_launches(
+            LaunchInputs(
+                capacity=self.capacity,
+                models=facts,
+                gpu=gpu,
+                force_split=self.config.split,
+                ctx_override=self.config.ctx_size,
+                embeddings=self.config.embeddings,
+                chat_template_file=self.config.chat_template_file,
             )
-            if not solo and index > 0:
-                raise ConfigError(
-                    f"model {name} needs {info.file_size * FIT_FACTOR / GB:.2f} GB but this node "
-                    f"offers {(self.capacity - used) / GB:.2f} GB; only the first --model can be "
-                    "split across the mesh"
+        )
+        features = server_features(binaries.llama_server, self.timing.help_timeout)
+        for launch, (_, model, info) in zip(launches, resolved, strict=True):
+            self.models.append(self._runner(launch, model, info, features, gpu))
+            if launch.sidecar_ctx is not None:
+                self.embedders.append(
+                    self._embedder(launch.name, model, info, launch.sidecar_ctx, features, gpu)
                 )
-            used += info.file_size if solo else min(self.capacity, info.file_size)
-            ctx = choose_ctx_size(
-                self.capacity,
-                used,
-                trained_ctx=info.context_length,
-                override=self.config.ctx_size,
-            )
-            log_path = self.state_dir / "logs" / f"llama-server-{_safe_name(name)}.log"
-            entry = model.catalog_entry
-            dedicated = is_embedding_model(
-                info.architecture,
-                info.pooling_type,
-                catalog_embedding=entry is not None and entry.embedding,
-            )
-            template = self._chat_template(model) if not dedicated else None
-            if dedicated:
-                self._embedding_models.add(name)
 
-            def make_spec(
-                port: int,
-                rpc: Sequence[str],
-                split: str | None,
-                model: ResolvedModel = model,
-                ctx: int = ctx,
-                log_path: Path = log_path,
-                template: Path | None = template,
-                dedicated: bool = dedicated,
-                layers: int = info.block_count or 0,
-            ) -> LaunchSpec:
-                argv = llama_server_argv(
-                    binaries.llama_server,
-                    model.path,
-                    port=port,
-                    ctx_size=ctx,
-                    gpu=gpu,
-                    features=features,
-                    parallel=self.config.parallel,
-                    rpc=rpc,
-                    tensor_split=split,
-                    gpu_layers=None if gpu or not rpc else cpu_host_offload(layers, split),
-                    chat_template_file=template,
-                    embeddings=dedicated,
-                    batch_size=min(ctx, EMBEDDING_BATCH) if dedicated else None,
-                    alias=model.name,
-                    extra=self.config.extra_llama_args,
-                )
-                env = {"GGML_RPC_NO_RDMA": "1"} if rpc else {}
-                return LaunchSpec(model.name, tuple(argv), port, log_path, env)
+    def _runner(
+        self,
+        launch: ModelLaunch,
+        model: ResolvedModel,
+        info: GgufInfo,
+        features: ServerFeatures,
+        gpu: bool,
+    ) -> ModelRunner:
+        assert self.binaries is not None
+        binary = self.binaries.llama_server
+        log_path = self.state_dir / "logs" / f"llama-server-{_safe_name(launch.name)}.log"
+        ctx = launch.ctx_size
+        layers = info.block_count or 0
 
-            runner: ModelRunner
-            if solo:
+        def make_spec(port: int, rpc: Sequence[str], split: str | None) -> LaunchSpec:
+            argv = llama_server_argv(
+                binary,
+                model.path,
+                port=port,
+                ctx_size=ctx,
+                gpu=gpu,
+                features=features,
+                parallel=self.config.parallel,
+                rpc=rpc,
+                tensor_split=split,
+                gpu_layers=None if gpu or not rpc else cpu_host_offload(layers, split),
+                chat_template_file=launch.chat_template,
+                embeddings=launch.embedding,
+                batch_size=min(ctx, EMBEDDING_BATCH) if launch.embedding else None,
+                alias=model.name,
+                extra=self.config.extra_llama_args,
+            )
+            env = {"GGML_RPC_NO_RDMA": "1"} if rpc else {}
+            return LaunchSpec(model.name, tuple(argv), port, log_path, env)
+
+        role = ModelRole.EMBEDDINGS if launch.embedding else ModelRole.CHAT
+        runner: ModelRunner
+        match launch.mode:
+            case RunnerMode.SOLO:
                 runner = SoloRunner(
-                    name,
+                    launch.name,
                     model,
                     info,
                     ctx,
                     make_spec,
                     registry=self.registry,
                     on_change=self._changed,
+                    role=role,
                 )
-            else:
+            case RunnerMode.SPLIT:
                 runner = SplitRunner(
-                    name,
+                    launch.name,
                     model,
                     info,
                     ctx,
                     make_spec,
                     registry=self.registry,
                     on_change=self._changed,
-                    plan=functools.partial(self._split_plan, name, info.file_size),
+                    plan=functools.partial(self._split_plan, launch.name, info.file_size),
                     rpc_endpoint=functools.partial(self._rpc_endpoint, model.path),
+                    timing=self.timing,
                 )
-            runner.identity = identity_hash(model.path)
-            self.models.append(runner)
-            if self.config.embeddings and solo and not dedicated:
-                if gpu and not fits_solo(self.capacity - used, info.file_size):
-                    raise ConfigError(
-                        f"--embeddings runs a second copy of {name} for embeddings, and it does "
-                        f"not fit in the {(self.capacity - used) / GB:.2f} GB left"
-                    )
-                if gpu:
-                    used += info.file_size  # on CPU both processes share the page cache
-                self.embedders.append(self._embedder(name, model, info, ctx, features, gpu))
-
-    def _chat_template(self, model: ResolvedModel) -> Path | None:
-        """``--chat-template-file``, else the catalog entry's bundled template, else none (the
-        GGUF's own)."""
-        if self.config.chat_template_file is not None:
-            return self.config.chat_template_file
-        entry = model.catalog_entry
-        if entry is not None and entry.chat_template:
-            return bundled_chat_template(entry.chat_template)
-        return None
+            case _:
+                assert_never(launch.mode)
+        runner.identity = identity_hash(model.path)
+        return runner
 
     def _embedder(
         self,
         name: str,
         model: ResolvedModel,
         info: GgufInfo,
-        chat_ctx: int,
+        ctx: int,
         features: ServerFeatures,
         gpu: bool,
     ) -> ModelRunner:
@@ -415,7 +408,6 @@ class Node:
         compute an output for every prompt token and caps its batch, slowing chat."""
         assert self.binaries is not None
         binary = self.binaries.llama_server
-        ctx = min(chat_ctx, EMBEDDING_CTX)
         log_path = self.state_dir / "logs" / f"llama-server-{_safe_name(name)}-embeddings.log"
 
         def make_spec(port: int, rpc: Sequence[str], split: str | None) -> LaunchSpec:
@@ -436,7 +428,14 @@ class Node:
             return LaunchSpec(model.name, tuple(argv), port, log_path)
 
         return SoloRunner(
-            name, model, info, ctx, make_spec, registry=self.registry, on_change=self._changed
+            name,
+            model,
+            info,
+            ctx,
+            make_spec,
+            registry=self.registry,
+            on_change=self._changed,
+            role=ModelRole.EMBEDDINGS,
         )
 
     async def run(self) -> int:
@@ -496,13 +495,14 @@ class Node:
             self.state_dir,
             serve_http=None if self.config.client else self.tunnel_ingress.serve_stream,
             on_change=self._on_mesh_change,
+            timing=self.timing.mesh,
         )
         self.console = ManagementServer(
             host=self.config.bind_host,
             port=self.config.console_port,
             status=self.status,
-            runtime_models=functools.partial(status_json.runtime_models, self),
-            runtime_processes=functools.partial(status_json.runtime_processes, self),
+            runtime_models=lambda: status_json.runtime_models(self.view()),
+            runtime_processes=lambda: status_json.runtime_processes(self.view()),
             hub=self.hub,
         )
         await self.ingress.start()
@@ -555,12 +555,12 @@ class Node:
         """Print one line when each model becomes ready, or fails to."""
         pending = {m.name: m for m in self.models}
         while pending:
-            await self.hub.wait_after(self.hub.version, 1.0)
+            await self.hub.wait_after(self.hub.version, self.timing.ready_poll)
             for name, model in list(pending.items()):
                 if model.ready:
                     self._out(f"mesh-llm: {name} ready (llama-server on 127.0.0.1:{model.port})")
                     del pending[name]
-                elif model.state == "failed":
+                elif model.state is RunnerState.FAILED:
                     self._out(f"mesh-llm: {name} failed: {model.last_error}")
                     del pending[name]
 

@@ -4,6 +4,8 @@ A :class:`ModelRunner` owns at most one supervised llama-server at a time. The s
 once and lets the supervisor restart it. The split runner re-plans on every peer change (host
 election, worker selection: :func:`mesh_llm.inference.plan_model`) and, when the plan changes,
 tears the llama-server down and starts it again with the new ``--rpc``/``--tensor-split``.
+
+What a runner reports is a frozen :class:`~mesh_llm.runtime.view.RunnerView` (:meth:`view`).
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from typing import assert_never
 
+from mesh_llm.errors import MeshLlmError
 from mesh_llm.inference import (
     LaunchSpec,
     PidRegistry,
@@ -24,8 +27,11 @@ from mesh_llm.inference import (
     ServerSupervisor,
 )
 from mesh_llm.models import GgufInfo, ResolvedModel
+from mesh_llm.runtime.states import ModelRole, RunnerMode, RunnerState, runner_state
+from mesh_llm.runtime.timing import NodeTiming
+from mesh_llm.runtime.view import RunnerView
 
-__all__ = ["ModelRunner", "SoloRunner", "SplitRunner", "SplitTiming"]
+__all__ = ["ModelRunner", "SoloRunner", "SplitRunner"]
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +42,7 @@ SpecFactory = Callable[[int, Sequence[str], str | None], LaunchSpec]
 class ModelRunner:
     """Common state of a model this node serves (fully, or as a split host or worker)."""
 
-    mode = "solo"
+    mode = RunnerMode.SOLO
 
     def __init__(
         self,
@@ -48,11 +54,13 @@ class ModelRunner:
         *,
         registry: PidRegistry | None,
         on_change: Callable[[], None],
+        role: ModelRole = ModelRole.CHAT,
     ) -> None:
         self.name = name
         self.resolved = resolved
         self.info = info
         self.ctx_size = ctx_size
+        self.role = role
         self._make_spec = make_spec
         self._registry = registry
         self._on_change = on_change
@@ -61,7 +69,7 @@ class ModelRunner:
 
     @property
     def ready(self) -> bool:
-        return self.supervisor is not None and self.supervisor.state is ServerState.READY
+        return self.state is RunnerState.READY
 
     @property
     def port(self) -> int | None:
@@ -72,31 +80,43 @@ class ModelRunner:
         return self.supervisor.pid if self.supervisor else None
 
     @property
-    def state(self) -> str:
-        return self.supervisor.state.value if self.supervisor else "idle"
+    def plan(self) -> Plan | None:
+        """The split plan (None for a solo runner)."""
+        return None
+
+    @property
+    def state(self) -> RunnerState:
+        server = self.supervisor.state if self.supervisor else None
+        plan = self.plan
+        return runner_state(
+            server, plan.kind if plan else None, split=self.mode is RunnerMode.SPLIT
+        )
 
     @property
     def last_error(self) -> str | None:
         return self.supervisor.last_error if self.supervisor else None
 
-    def status(self) -> dict[str, object]:
+    def view(self) -> RunnerView:
         sup = self.supervisor
-        return {
-            "name": self.name,
-            "mode": self.mode,
-            "path": str(self.resolved.path),
-            "status": self.state,
-            "port": self.port,
-            "pid": self.pid,
-            "ctx_size": self.ctx_size,
-            "restarts": sup.restarts if sup else 0,
-            "error": self.last_error if not self.ready else None,
-            "log": str(sup.log_path) if sup and sup.log_path else None,
-            "architecture": self.info.architecture,
-            "layers": self.info.block_count,
-            "quantization": self.info.quantization,
-            "size_bytes": self.info.file_size,
-        }
+        return RunnerView(
+            name=self.name,
+            mode=self.mode,
+            role=self.role,
+            path=self.resolved.path,
+            state=self.state,
+            ctx_size=self.ctx_size,
+            port=self.port,
+            pid=self.pid,
+            restarts=sup.restarts if sup else 0,
+            last_error=self.last_error,
+            log_path=sup.log_path if sup else None,
+            identity=self.identity,
+            architecture=self.info.architecture,
+            layers=self.info.block_count,
+            quantization=self.info.quantization,
+            size_bytes=self.info.file_size,
+            plan=self.plan,
+        )
 
     def _new_supervisor(
         self, rpc: Sequence[str] = (), split: str | None = None, policy: RestartPolicy | None = None
@@ -125,17 +145,10 @@ class SoloRunner(ModelRunner):
         await self.supervisor.run()
 
 
-@dataclass(frozen=True, slots=True)
-class SplitTiming:
-    settle_s: float = 2.0  # wait for gossip before the first plan
-    debounce_s: float = 1.0  # after a peer change, let the view settle
-    replan_s: float = 5.0  # re-plan anyway (RTT changes emit no peer-change event)
-
-
 class SplitRunner(ModelRunner):
     """A model too big for this node: elect a host, pick workers, (re)start on every change."""
 
-    mode = "split"
+    mode = RunnerMode.SPLIT
 
     def __init__(
         self,
@@ -149,42 +162,21 @@ class SplitRunner(ModelRunner):
         on_change: Callable[[], None],
         plan: Callable[[], Plan],
         rpc_endpoint: Callable[[bytes], Awaitable[str]],
-        timing: SplitTiming | None = None,
+        timing: NodeTiming | None = None,
     ) -> None:
         super().__init__(
             name, resolved, info, ctx_size, make_spec, registry=registry, on_change=on_change
         )
         self._plan_fn = plan
         self._rpc_endpoint = rpc_endpoint
-        self._timing = timing or SplitTiming()
+        self._timing = timing or NodeTiming()
         self._poke = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.plan: Plan | None = None
+        self._plan: Plan | None = None
 
     @property
-    def state(self) -> str:
-        if self.plan is None:
-            return "starting"
-        if self.plan.kind is PlanKind.HOST:
-            return super().state
-        return str(self.plan.kind.value)  # "worker" or "wait"
-
-    def status(self) -> dict[str, object]:
-        data = super().status()
-        plan = self.plan
-        data["split"] = (
-            {
-                "role": plan.kind.value,
-                "host": plan.host.hex() if plan.host else None,
-                "workers": [w.hex() for w in plan.workers],
-                "tensor_split": plan.tensor_split,
-                "reason": plan.reason,
-                "excluded": [{"id": p.hex(), "reason": why} for p, why in plan.excluded],
-            }
-            if plan
-            else None
-        )
-        return data
+    def plan(self) -> Plan | None:
+        return self._plan
 
     def poke(self) -> None:
         """The peer view changed: re-plan soon."""
@@ -201,51 +193,60 @@ class SplitRunner(ModelRunner):
         )
 
     async def run(self) -> None:
-        await asyncio.sleep(self._timing.settle_s)
+        await asyncio.sleep(self._timing.split_settle)
         while True:
             plan = self._plan_fn()
             crashed = self.supervisor is not None and self.supervisor.state is ServerState.FAILED
-            if crashed or not self._same(self.plan, plan):
+            if crashed or not self._same(self._plan, plan):
                 await self._apply(plan)
-            elif plan != self.plan:
-                self.plan = plan  # same placement; the reasons or exclusions changed
+            elif plan != self._plan:
+                self._plan = plan  # same placement; the reasons or exclusions changed
                 self._on_change()
             self._poke.clear()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._timing.replan_s):
+                async with asyncio.timeout(self._timing.split_replan):
                     await self._poke.wait()
-            await asyncio.sleep(self._timing.debounce_s)
+            await asyncio.sleep(self._timing.split_debounce)
 
     async def _apply(self, plan: Plan) -> None:
-        previous = self.plan
+        previous = self._plan
         log.info("%s: %s (%s)", self.name, plan.kind.value, plan.reason)
         await self._stop_server()
-        self.plan = plan
-        if plan.kind is PlanKind.HOST:
-            try:
-                endpoints = [await self._rpc_endpoint(worker) for worker in plan.workers]
-            except Exception as exc:  # noqa: BLE001 - a worker tunnel failed: wait for a change
-                log.warning("%s: cannot reach a worker's rpc-server: %s", self.name, exc)
-                self.plan = Plan(PlanKind.WAIT, host=plan.host, reason=f"worker unreachable: {exc}")
-                self._on_change()
-                return
-            # A split's llama-server is not restarted blindly: a crash means re-planning.
-            self.supervisor = self._new_supervisor(
-                endpoints, plan.tensor_split, RestartPolicy(max_crashes=1)
-            )
-            self._task = asyncio.get_running_loop().create_task(self.supervisor.run())
-        elif previous is not None and previous.kind is PlanKind.HOST:
-            log.info("%s: no longer hosting", self.name)
+        self._plan = plan
+        match plan.kind:
+            case PlanKind.HOST | PlanKind.SOLO:
+                try:
+                    endpoints = [await self._rpc_endpoint(worker) for worker in plan.workers]
+                except (MeshLlmError, OSError) as exc:  # a worker tunnel failed: wait for a change
+                    log.warning("%s: cannot reach a worker's rpc-server: %s", self.name, exc)
+                    reason = f"worker unreachable: {exc}"
+                    self._plan = Plan(PlanKind.WAIT, host=plan.host, reason=reason)
+                    self._on_change()
+                    return
+                # A split's llama-server is not restarted blindly: a crash means re-planning.
+                self.supervisor = self._new_supervisor(
+                    endpoints, plan.tensor_split, RestartPolicy(max_crashes=1)
+                )
+                self._task = asyncio.get_running_loop().create_task(self.supervisor.run())
+            case PlanKind.WORKER | PlanKind.WAIT:
+                if previous is not None and previous.kind is PlanKind.HOST:
+                    log.info("%s: no longer hosting", self.name)
+            case _:
+                assert_never(plan.kind)
         self._on_change()
 
     async def _stop_server(self) -> None:
         if self.supervisor is not None:
             await self.supervisor.stop()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            # Wait for the supervisor task to end without taking its cancellation for ours:
+            # asyncio.wait never raises the task's outcome, and a cancellation of *this* task
+            # while it waits propagates as it should.
+            await asyncio.wait([task])
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("%s: llama-server supervisor failed: %r", self.name, task.exception())
         self.supervisor = None
 
     async def stop(self) -> None:
