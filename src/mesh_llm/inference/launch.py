@@ -1,4 +1,5 @@
-"""Pure launch planning for llama-server: context size and the argv (spec inference.md §4).
+"""Pure launch planning for llama-server: context size and the argv (docs/DESIGN.md,
+"llama-server flags").
 
 Nothing here touches processes; :mod:`mesh_llm.inference.supervisor` runs what this plans.
 """

@@ -1,5 +1,5 @@
-"""Pure placement decisions for a model (spec inference.md §1-3): solo or split, which node hosts,
-which workers help, and the ``--tensor-split`` proportions.
+"""Pure placement decisions for a model: solo or split, which node hosts, which workers help,
+and the ``--tensor-split`` proportions (docs/DESIGN.md, "Split inference: who hosts, who helps").
 
 Inputs are frozen snapshots (this node plus the mesh members that declared the model); outputs are
 decisions. Nothing here reads clocks, sockets or processes, so the runtime can re-plan on every peer

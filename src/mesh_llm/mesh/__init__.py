@@ -1,4 +1,4 @@
-"""mesh package: membership as a pure state machine (spec §5, §7).
+"""mesh package: membership as a pure state machine (docs/DESIGN.md, "Membership rules").
 
 :class:`Membership` takes events with ``now`` and returns actions; the asyncio service that
 performs them over iroh lives beside it. Host choice and the route table are pure functions.

@@ -1,4 +1,4 @@
-"""Mesh-wide model demand (spec §5.3, §5.5): which models were requested, how recently, how often.
+"""Mesh-wide model demand: which models were requested, how recently, how often.
 
 Every node keeps one merged map and gossips all of it in its self entry. Merging takes the
 maximum of each field independently, so the map converges whatever order frames arrive in.

@@ -1,4 +1,5 @@
-"""Host choice and the route table (spec §7): pure functions over announcements.
+"""Host choice and the route table: pure functions over announcements (docs/DESIGN.md, "Host
+order and route tables").
 
 ``hosts_for_model`` spreads load without coordination: every node sorts the candidates the same
 way, then starts at a different place in the list, chosen by a hash of its own id. The hash is the

@@ -1,11 +1,11 @@
-"""The membership state machine (spec §5), sans-IO.
+"""The membership state machine, sans-IO (docs/DESIGN.md, "Membership rules").
 
 :class:`Membership` holds one node's view of the mesh. It never touches a socket or a clock:
 every input carries ``now`` (monotonic seconds), random choices come from an injected
 ``random.Random``, and every output is an action (:mod:`mesh_llm.mesh.actions`) for the adapter
 to perform. Given the same inputs it produces the same outputs.
 
-Departures from the Rust nodes, each fixing a weakness the spec lists (§8) or a gap in it:
+Departures from the Rust nodes, each fixing a weakness or a gap of theirs:
 
 * **Admission** needs a gossip from the peer itself over its own connection (``direct``); a
   transitive entry does not admit. A frame without the sender's own entry is ignored entirely.
@@ -87,7 +87,7 @@ def _short(peer_id: bytes) -> str:
 
 
 class Membership:
-    """One node's membership state machine. See the module docstring and spec §5."""
+    """One node's membership state machine. See the module docstring."""
 
     def __init__(
         self,
@@ -177,7 +177,7 @@ class Membership:
         return self._peers.views(now, frozenset(self._links))
 
     def hosts_for_model(self, model: str, own_id: bytes | None = None) -> list[bytes]:
-        """HOST peers routing ``model``, in this node's rotation order (spec §7)."""
+        """HOST peers routing ``model``, in this node's rotation order."""
         return hosts_for_model(
             self._peers.announcements(), model, self.own_id if own_id is None else own_id
         )
@@ -271,7 +271,7 @@ class Membership:
         self._reconnecting.pop(peer_id, None)
         self._heard(peer_id, now)
         if inbound:
-            # The dialler gossips first; a peer we held dead gets our view at once (spec §5.6).
+            # The dialler gossips first; a peer we held dead gets our view at once.
             if self._peers.clear_dead(peer_id):
                 return [SendGossip(peer_id, discover=False)]
             return []
@@ -298,7 +298,8 @@ class Membership:
         addr = info.announcement.addr
         if addr is None or addr_count(addr) == 0:
             return self._remove(peer_id, now, ChangeReason.LOST)
-        # Spec §5.8a: reconnect; the member stays until that fails or its silence is too long.
+        # A closed connection: reconnect; the member stays until that fails or its silence is
+        # too long.
         self._reconnecting[peer_id] = now + link.dead_after(self.timing)
         return self._dial(addr, ConnectReason.RECONNECT, now)
 
@@ -344,7 +345,7 @@ class Membership:
         """Process a validated gossip frame from ``remote_id`` (the TLS-verified sender), either a
         request we answered or the reply to our :class:`SendGossip` (``discover`` as requested).
 
-        Spec §5.3: the sender's own entry admits it; other entries are transitive."""
+        The sender's own entry admits it; other entries are transitive."""
         if remote_id == self.own_id or frame.sender_id != remote_id:
             return []
         self._heard(remote_id, now)
@@ -362,7 +363,7 @@ class Membership:
 
     def peer_down_received(self, remote_id: bytes, msg: PeerDown, now: float) -> list[Action]:
         """``remote_id`` reports ``msg.peer_id`` dead. Without a connection to it we believe the
-        report; with one we check it first (spec §5.8d)."""
+        report; with one we check it first."""
         self._heard(remote_id, now)
         target = msg.peer_id
         if not self.is_admitted(remote_id) or target in (self.own_id, remote_id):

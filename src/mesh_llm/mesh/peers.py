@@ -1,6 +1,7 @@
 """The peer table: what this node believes about every other node, and how gossip updates it.
 
-Spec §5.3 processing rules, as data-structure operations (the membership core decides when):
+The gossip processing rules (docs/DESIGN.md, "Membership rules"), as data-structure operations
+(the membership core decides when):
 
 * :meth:`PeerTable.admit` applies a peer's *own* entry, received over its own connection: insert
   or update, keep the old address unless the new entry has one, ``last_seen = now``, clear the

@@ -1,8 +1,9 @@
 """Every interval the membership core uses, as one value (conventions: "Timing is a value").
 
-The defaults are the spec's (§5 timer table) plus the fast liveness probe, which the spec does not
-have: the Python iroh bindings expose no QUIC idle-timeout or keep-alive setting, so a silently
-dead peer (``kill -9``, a pulled cable) is found by an application-level ping instead.
+The defaults are the original mesh-llm's (docs/DESIGN.md, "Membership rules") plus the fast liveness
+probe, which the original does not have: the Python iroh bindings expose no QUIC idle-timeout or
+keep-alive setting, so a silently dead peer (``kill -9``, a pulled cable) is found by an
+application-level ping instead.
 
 Liveness in short: every ``probe_interval`` each directly connected peer is pinged; any inbound
 traffic from a peer is proof of life; a peer unheard of for ``dead_after_for(srtt)`` seconds *and*
@@ -25,7 +26,7 @@ __all__ = ["Timing"]
 class Timing:
     """Intervals in seconds (counts are plain integers and never scaled)."""
 
-    # Gossip and heartbeat (spec §5.3, §5.5)
+    # Gossip and heartbeat
     gossip_horizon: float = 180.0
     """Entries last proven alive longer ago than this are left out of gossip (``PEER_STALE_SECS``);
     a failed heartbeat within it is not a strike."""
@@ -49,7 +50,7 @@ class Timing:
     connect_timeout: float = 10.0
     gossip_timeout: float = 10.0
 
-    # Death and leaving (spec §5.8)
+    # Death and leaving
     peer_down_confirm: float = 3.0
     """How long the receiver of a PeerDown waits for a sign of life before removing the peer."""
     leave_flush: float = 0.2
@@ -59,7 +60,7 @@ class Timing:
     dead_recheck_interval: float = 30.0
     """At most one verification dial per dead peer per this interval, when gossip mentions it."""
 
-    # Fast liveness probe (not in the spec, see the module docstring)
+    # Fast liveness probe (not in the original, see the module docstring)
     probe_interval: float = 1.0
     """Period of the ping sent to every directly connected peer."""
     probe_timeout: float = 3.0

@@ -1,4 +1,6 @@
-"""Control-frame codec (spec §3, §4, §8): framing, protobuf bodies, validation. Sans-IO.
+"""Control-frame codec: framing, protobuf bodies, validation. Sans-IO.
+
+The rules: docs/DESIGN.md, "Streams and control frames".
 
 Wire shape of a control stream::
 
@@ -13,7 +15,7 @@ package. Every failure, whether malformed protobuf, a wrong ``gen``, a bad id or
 raises :class:`FrameError`. Decoders that check an id against the connection take ``remote_id``,
 the 32-byte key from the TLS handshake.
 
-Validation beyond the Rust nodes' (spec §8 "weaknesses"): a gossip entry whose
+Validation beyond the Rust nodes': a gossip entry whose
 ``serialized_addr`` names a different id than its ``endpoint_id`` is dropped, as is one whose
 ``endpoint_id`` is not a valid Ed25519 point (which Rust also drops).
 """

@@ -1,4 +1,4 @@
-"""Mesh ids (spec §5.1).
+"""Mesh ids (docs/DESIGN.md, "The mesh").
 
 A mesh started without a name gets 32 random lowercase hex chars. A named mesh gets an id derived
 from its name (and, when the mesh is published on Nostr, the publisher's public key), so every
@@ -8,7 +8,7 @@ The derivation reproduces what the Rust nodes compute, so a Python node and a Ru
 with the same ``--mesh-name`` agree: SipHash-1-3 with keys (0, 0) (Rust's ``DefaultHasher``) over
 ``b"mesh-llm:" 0xFF name 0xFF`` followed by ``pubkey_hex 0xFF`` when publishing (the 0xFF after
 each string is how Rust's ``Hash for str`` terminates it), printed as 16 lowercase hex chars.
-Test vectors from the spec: ("poker-night", none) -> ``a1bcbf45bc983045``;
+Test vectors (what the Rust nodes compute): ("poker-night", none) -> ``a1bcbf45bc983045``;
 ("poker-night", "abcdef") -> ``91708720bae4e358``.
 """
 

@@ -1,4 +1,5 @@
-"""Stream types, ALPN and size caps of the mesh wire protocol (spec §3).
+"""Stream types, ALPN and size caps of the mesh wire protocol (docs/DESIGN.md, "Streams and
+control frames").
 
 Every mesh stream is a QUIC bidirectional stream whose opener writes one type byte first.
 Control streams then carry ``[u32 LE length][protobuf body]`` (see :mod:`.frames`); the

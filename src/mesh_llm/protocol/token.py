@@ -1,4 +1,4 @@
-"""Endpoint addresses and invite tokens (spec §2).
+"""Endpoint addresses and invite tokens (docs/DESIGN.md, "The mesh").
 
 An invite token is ``base64url_nopad(JSON(EndpointAddr))`` where the JSON is iroh's serde form::
 

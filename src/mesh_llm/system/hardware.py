@@ -1,4 +1,5 @@
-"""Hardware survey and the capacity ("VRAM") a node advertises (spec inference.md §9).
+"""Hardware survey and the capacity ("VRAM") a node advertises (docs/DESIGN.md, "Hardware and
+capacity").
 
 | platform      | capacity                                                        |
 |---------------|-----------------------------------------------------------------|

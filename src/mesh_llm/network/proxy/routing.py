@@ -1,4 +1,4 @@
-"""Pure routing decisions for the :9337 ingress (surface spec section 2, steps 1, 4, 6, 8).
+"""Pure routing decisions for the :9337 ingress (docs/DESIGN.md, "Routing pipeline").
 
 Everything here is a function over a frozen :class:`RoutingSnapshot` and request fields;
 the ingress applies the result. The auto router, affinity and the planning pipeline are

@@ -2,8 +2,9 @@
 
 The ``iroh`` wheel's uniffi-generated glue lowers every ``bytes`` argument (each stream write,
 among others) through ``_UniffiRustBufferBuilder.write``, which copies the value into the Rust
-buffer one byte at a time in a Python loop: about 5 MB/s per stream. uniffi 0.32 replaced the loop
-with a single ``ctypes.memmove``. :func:`apply` installs an equivalent ``write`` on the class when,
+buffer one byte at a time in a Python loop; that caps a stream's writes at a few MB/s (figures:
+docs/BENCHMARKS.md, "iroh stream transport"). uniffi 0.32 replaced the loop with a single
+``ctypes.memmove``. :func:`apply` installs an equivalent ``write`` on the class when,
 and only when, the installed bindings still carry the loop:
 
 - the buffer still grows through the builder's own ``_reserve`` (same capacity requests, same
