@@ -52,6 +52,9 @@ def _configure_logging(level: str) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    # huggingface_hub installs its own stderr handler and also propagates to ours: without this,
+    # each of its warnings is printed twice.
+    logging.getLogger("huggingface_hub").handlers.clear()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

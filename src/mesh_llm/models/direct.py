@@ -24,6 +24,7 @@ from urllib.parse import unquote, urlsplit
 from tqdm.auto import tqdm
 
 from mesh_llm.errors import DownloadError
+from mesh_llm.models.reach import ensure_reachable
 from mesh_llm.system import hf_hub_cache
 
 __all__ = ["download_url", "url_filename"]
@@ -125,6 +126,7 @@ def download_url(
     target = directory / url_filename(url)
     if target.is_file() and target.stat().st_size >= MIN_COMPLETE_BYTES:
         return target
+    ensure_reachable(url, target.name)  # offline: one line now, not an hour of retries
     part = target.with_name(target.name + ".part")
     deadline = time.monotonic() + TOTAL_TIMEOUT_S
     last: BaseException | None = None

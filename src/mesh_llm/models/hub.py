@@ -22,6 +22,7 @@ from huggingface_hub import errors as hf_errors
 from tqdm.auto import tqdm
 
 from mesh_llm.errors import DownloadError
+from mesh_llm.models.reach import ensure_reachable
 from mesh_llm.system import hf_hub_cache
 
 __all__ = [
@@ -123,6 +124,8 @@ class _SilentTqdm(tqdm):  # type: ignore[misc]  # tqdm is untyped here (follow_i
         super().__init__(*args, **kwargs)
 
 
+_HUB_DOWNLOAD = huggingface_hub.hf_hub_download
+
 _HUB_ERRORS: tuple[type[BaseException], ...] = (
     OSError,  # HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, disk errors
     ValueError,  # HFValidationError: a malformed repo id or revision
@@ -157,9 +160,13 @@ def hf_download(
     """Download ``ref`` (and, for a split part, every sibling part) into the hub cache.
 
     Returns the local path of the first part. Files already in the cache are not fetched again.
+    An unreachable Hub is one error line within seconds, not the hub client's retries.
     """
     fetch = downloader or huggingface_hub.hf_hub_download
     paths = split_part_names(ref.path) if expand_splits else [ref.path]
+    # The probe cuts the real hub client's retries short; a replaced downloader has none.
+    if fetch is _HUB_DOWNLOAD and not huggingface_hub.constants.is_offline_mode():
+        ensure_reachable(_endpoint(), f"{ref.repo_id}/{paths[0]}")
     local: list[Path] = []
     for part in paths:
         log.info("downloading %s/%s (revision %s)", ref.repo_id, part, ref.revision)
