@@ -156,8 +156,9 @@ class MeshLink:
 
     def refresh_after_failure(self, peer_hex: str | None) -> None:
         """A routing target failed: gossip with one peer in the background so the view catches
-        up (spec surface.md §2 step 8) — the failed peer itself when we still hold a connection
-        to it (its gossip tells whether it still hosts), otherwise any connected member."""
+        up (docs/DESIGN.md, "Routing pipeline", step 4) — the failed peer itself when we still
+        hold a connection to it (its gossip tells whether it still hosts), otherwise any
+        connected member."""
         membership, service = self.membership, self.service
         if membership is None or service is None:
             return
@@ -174,7 +175,8 @@ class MeshLink:
     # ------------------------------------------------------------------------------ views
 
     def remote_targets(self) -> dict[str, list[Target]]:
-        """Models served by connected, admitted HOST peers, in the spec's host order."""
+        """Models served by connected, admitted HOST peers, in this node's host order
+        (docs/DESIGN.md, "Host order and route tables")."""
         membership = self.membership
         service = self.service
         if membership is None or service is None:
