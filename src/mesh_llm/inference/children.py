@@ -5,9 +5,12 @@ Three layers of protection:
 1. Every child runs in its own process group and, on Linux, with ``PR_SET_PDEATHSIG = SIGKILL``:
    when mesh-llm dies, even by SIGKILL, the kernel kills the child.
 2. Shutdown stops each child TERM -> grace -> KILL, by pid, only children we started.
-3. A pid registry (``<state>/children.json``) records each child with its start time. At the next
-   start :func:`reap_recorded_children` kills only recorded children still alive with the same
-   start time (a reused pid is never touched). Never by process name.
+3. A pid registry (``<state>/children.json``) records each child with its start time and its
+   owner (the mesh-llm process that started it, with that process's start time). At start
+   :func:`reap_recorded_children` kills only recorded children whose owner is dead and that are
+   still alive with the same start time (a reused pid is never touched). Any number of nodes may
+   share a state directory: a live node's children are never taken for leftovers. Never by
+   process name. Writers serialise on ``children.json.lock`` (``flock``), across processes.
 """
 
 from __future__ import annotations
@@ -22,12 +25,20 @@ import signal
 import sys
 import threading
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import psutil
 
 from mesh_llm.errors import ProcessError
+
+fcntl: ModuleType | None
+try:
+    import fcntl
+except ImportError:  # Windows: the in-process lock still serialises this node's writers
+    fcntl = None
 
 __all__ = ["ChildProcess", "PidRegistry", "reap_recorded_children", "stop_pid"]
 
@@ -42,29 +53,75 @@ def _linux_pdeathsig() -> None:  # runs in the child between fork and exec
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
+CREATE_TIME_TOLERANCE_S = 0.01
+
+
 @dataclass(frozen=True, slots=True)
 class _Record:
     pid: int
     create_time: float
     name: str
+    owner_pid: int | None = None
+    owner_create_time: float | None = None
+
+
+def _same_process(pid: int | None, create_time: float | None) -> bool:
+    """True when ``pid`` is alive and is the process that started at ``create_time``."""
+    if pid is None or create_time is None:
+        return False
+    try:
+        return abs(psutil.Process(pid).create_time() - create_time) < CREATE_TIME_TOLERANCE_S
+    except psutil.Error:
+        return False
+
+
+def _own_create_time() -> float:
+    return psutil.Process(os.getpid()).create_time()
 
 
 class PidRegistry:
-    """A JSON file of the children this state dir's node started (concurrency: one node per dir)."""
+    """A JSON file of the children started by the nodes of one state directory."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
         self._lock = threading.Lock()
+        self._owner = (os.getpid(), _own_create_time())
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """This thread and every other process using the file, one at a time."""
+        with self._lock:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            with self._path.with_name(self._path.name + ".lock").open("a") as handle:
+                if fcntl is not None:
+                    fcntl.flock(handle, fcntl.LOCK_EX)
+                yield
 
     def _load(self) -> list[_Record]:
         try:
             raw = json.loads(self._path.read_text())
-            return [_Record(int(r["pid"]), float(r["create_time"]), str(r["name"])) for r in raw]
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError):
             return []
+        records = []
+        for item in raw if isinstance(raw, list) else []:
+            try:
+                owner = item.get("owner_pid")
+                owner_time = item.get("owner_create_time")
+                records.append(
+                    _Record(
+                        int(item["pid"]),
+                        float(item["create_time"]),
+                        str(item["name"]),
+                        int(owner) if owner is not None else None,
+                        float(owner_time) if owner_time is not None else None,
+                    )
+                )
+            except (KeyError, TypeError, ValueError, AttributeError):
+                continue
+        return records
 
     def _save(self, records: list[_Record]) -> None:
-        tmp = self._path.with_suffix(".tmp")
+        tmp = self._path.with_name(f".{self._path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps([_as_dict(r) for r in records]))
         tmp.replace(self._path)
 
@@ -73,26 +130,48 @@ class PidRegistry:
             create_time = psutil.Process(pid).create_time()
         except psutil.Error:
             return
-        with self._lock:
+        with self._exclusive():
             records = [r for r in self._load() if r.pid != pid]
-            records.append(_Record(pid, create_time, name))
+            records.append(_Record(pid, create_time, name, *self._owner))
             self._save(records)
 
     def remove(self, pid: int) -> None:
-        with self._lock:
+        with self._exclusive():
             self._save([r for r in self._load() if r.pid != pid])
 
     def records(self) -> list[_Record]:
-        with self._lock:
+        with self._exclusive():
             return self._load()
 
+    def mine(self) -> list[_Record]:
+        """The records of children this process started."""
+        return [r for r in self.records() if (r.owner_pid, r.owner_create_time) == self._owner]
+
     def clear(self) -> None:
-        with self._lock:
-            self._save([])
+        """Forget this process's children (other live nodes' records stay)."""
+        with self._exclusive():
+            self._save(
+                [r for r in self._load() if (r.owner_pid, r.owner_create_time) != self._owner]
+            )
+
+    def take_leftovers(self) -> list[_Record]:
+        """Remove and return the records whose owner is dead: what a crashed node left behind.
+        Records of live owners (other nodes sharing this state directory) stay untouched."""
+        with self._exclusive():
+            records = self._load()
+            keep = [r for r in records if _same_process(r.owner_pid, r.owner_create_time)]
+            self._save(keep)
+        return [r for r in records if r not in keep]
 
 
 def _as_dict(record: _Record) -> dict[str, object]:
-    return {"pid": record.pid, "create_time": record.create_time, "name": record.name}
+    return {
+        "pid": record.pid,
+        "create_time": record.create_time,
+        "name": record.name,
+        "owner_pid": record.owner_pid,
+        "owner_create_time": record.owner_create_time,
+    }
 
 
 def stop_pid(pid: int, grace: float = STOP_GRACE_S) -> None:
@@ -119,21 +198,23 @@ def stop_pid(pid: int, grace: float = STOP_GRACE_S) -> None:
 
 
 def reap_recorded_children(registry: PidRegistry) -> int:
-    """Kill children a previous run of this node left behind; returns how many were stopped."""
+    """Kill children that dead mesh-llm processes left behind; returns how many were stopped.
+
+    Children of a live mesh-llm (another node sharing the state directory) are never touched.
+    """
     stopped = 0
-    for record in registry.records():
-        try:
-            proc = psutil.Process(record.pid)
-            same = abs(proc.create_time() - record.create_time) < 0.01
-        except psutil.Error:
+    for record in registry.take_leftovers():
+        if not _same_process(record.pid, record.create_time):
             continue
-        if same:
-            log.warning(
-                "stopping leftover %s (pid %d) from a previous run", record.name, record.pid
-            )
-            stop_pid(record.pid)
-            stopped += 1
-    registry.clear()
+        owner = f"pid {record.owner_pid}" if record.owner_pid is not None else "an older mesh-llm"
+        log.warning(
+            "stopping leftover %s (pid %d) left by a mesh-llm that is gone (%s)",
+            record.name,
+            record.pid,
+            owner,
+        )
+        stop_pid(record.pid)
+        stopped += 1
     return stopped
 
 

@@ -1,4 +1,6 @@
 import asyncio
+import contextlib
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -110,6 +112,9 @@ def test_reap_only_recorded_children(tmp_path: Path) -> None:
     other = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
         registry.add(ours.pid, "sleep")
+        # As a crashed node leaves it: the record's owner is gone.
+        record = registry.records()[0]
+        registry._save([type(record)(record.pid, record.create_time, record.name, 999_999, 1.0)])
         assert reap_recorded_children(registry) == 1
         ours.wait(timeout=10)  # psutil may already have reaped it: then the code reads 0
         assert not psutil.pid_exists(ours.pid) or psutil.Process(ours.pid).status() == "zombie"
@@ -120,6 +125,75 @@ def test_reap_only_recorded_children(tmp_path: Path) -> None:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+OWNER = """
+import subprocess, sys, time
+from pathlib import Path
+from mesh_llm.inference import PidRegistry
+child = subprocess.Popen(["sleep", "60"], start_new_session=True)
+PidRegistry(Path(sys.argv[1])).add(child.pid, "rpc-server")
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_live_nodes_children_are_never_leftovers(tmp_path: Path) -> None:
+    """Two nodes sharing a state directory: the second one's start must not stop the first's
+    rpc-server (issue 16). Once the first node is gone, its child is a leftover."""
+    path = tmp_path / "children.json"
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    child_pid: int | None = None
+    try:
+        assert owner.stdout is not None
+        child_pid = int(owner.stdout.readline())
+        second_node = PidRegistry(path)
+        assert reap_recorded_children(second_node) == 0
+        assert psutil.Process(child_pid).status() != psutil.STATUS_ZOMBIE
+        assert [r.pid for r in second_node.records()] == [child_pid]
+        owner.kill()
+        owner.wait(timeout=10)
+        assert reap_recorded_children(second_node) == 1
+        assert second_node.records() == []
+        assert wait_gone(child_pid)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+        if owner.stdout is not None:
+            owner.stdout.close()
+        if child_pid is not None and psutil.pid_exists(child_pid):
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(child_pid).kill()
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        proc.wait(timeout=timeout)
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.TimeoutExpired:
+        return False
+    return True
+
+
+def test_clear_forgets_only_this_process_children(tmp_path: Path) -> None:
+    registry = PidRegistry(tmp_path / "children.json")
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        registry.add(proc.pid, "sleep")
+        record = registry.records()[0]
+        other_owner = type(record)(4242, record.create_time, "other", os.getppid(), 1.0)
+        registry._save([record, other_owner])
+        registry.clear()
+        assert registry.records() == [other_owner]
+        assert registry.mine() == []
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_reap_skips_reused_pid(tmp_path: Path) -> None:
