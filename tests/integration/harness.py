@@ -69,11 +69,23 @@ class MeshNode:
     console_port: int = field(default_factory=free_port)
     env: dict[str, str] = field(default_factory=dict)
     prefix: list[str] = field(default_factory=list)  # e.g. ["ip", "netns", "exec", NS]
+    separate_stderr: bool = False
+    """Write stderr to ``stderr_path`` instead of into the log with stdout."""
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def log_path(self) -> Path:
         return self.home / "node.log"
+
+    @property
+    def stderr_path(self) -> Path:
+        return self.home / "stderr.log" if self.separate_stderr else self.log_path
+
+    def stderr_text(self) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except OSError:
+            return ""
 
     @property
     def api(self) -> str:
@@ -95,8 +107,9 @@ class MeshNode:
             "--port", str(self.api_port), "--console", str(self.console_port),
             *self.args, *offline,
         ]  # fmt: skip
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        with self.log_path.open("ab") as log, self.stderr_path.open("ab") as err:
+            stderr = err if self.separate_stderr else subprocess.STDOUT
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=stderr, env=env)
         return self
 
     def log_tail(self, lines: int = 60) -> str:
@@ -104,6 +117,8 @@ class MeshNode:
             text = self.log_path.read_text(errors="replace")
         except OSError:
             return ""
+        if self.separate_stderr:
+            text += self.stderr_text()
         return f"--- {self.name} log tail ---\n" + "\n".join(text.splitlines()[-lines:])
 
     def status(self) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from mesh_llm.inference import (
     plan_model,
     reap_recorded_children,
 )
+from mesh_llm.mesh import JoinState
 from mesh_llm.models import (
     GgufInfo,
     ResolvedModel,
@@ -172,11 +173,13 @@ class Node:
             for m, seen in self._seen_models.items()
             if m not in targets and now - seen < self.timing.seen_model_ttl
         )
+        join = self.mesh.join_status()
         return RoutingSnapshot(
             targets=targets,
             serving=local.serving,
             unavailable=unavailable,
             embedding_targets=local.embedding_targets,
+            no_mesh_reason=join.describe() if join and join.state is not JoinState.JOINED else None,
         )
 
     async def connect_target(self, target: Target) -> UpstreamStream:

@@ -28,6 +28,7 @@ from mesh_llm.network.proxy.routing import (
     choose_candidates,
     extract_routing_fields,
     is_context_overflow_400,
+    no_target_error,
     snapshot_for_path,
 )
 from mesh_llm.network.proxy.upstream import TcpUpstream, UpstreamStream
@@ -443,11 +444,9 @@ class Ingress:
         model = fields.model
         if model and model != "auto" and self._on_demand is not None:
             self._on_demand(model)
+        snapshot = snapshot_for_path(self._snapshot(), request.path)
         answering, candidates = choose_candidates(
-            snapshot_for_path(self._snapshot(), request.path),
-            model,
-            len(request.body),
-            fields.max_tokens,
+            snapshot, model, len(request.body), fields.max_tokens
         )
         forward = serialize_forward(request)
         for index, target in enumerate(candidates):
@@ -460,12 +459,7 @@ class Ingress:
             finally:
                 await _close_upstream(upstream)
             return
-        name = model or answering
-        message = (
-            f"No inference server available for model '{name}'"
-            if name
-            else "No inference server available"
-        )
+        message = no_target_error(snapshot, model or answering)
         with contextlib.suppress(ConnectionError):
             await conn.send(
                 render_api_error(request.path, 503, message, "server_error", "no_backend")

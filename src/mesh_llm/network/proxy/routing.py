@@ -80,6 +80,9 @@ class RoutingSnapshot:
     """Model name -> llama-servers started with ``--embeddings``, for the embedding paths. A chat
     model's own targets do not answer ``/v1/embeddings`` (llama-server says 501) unless the node
     runs an embedding sidecar for it; when this is empty, embedding requests use ``targets``."""
+    no_mesh_reason: str | None = None
+    """Set while this node was told to join a mesh (``--join``) and is in none: why. A request
+    nothing can answer is then refused with this reason instead of blaming the model."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +192,15 @@ def choose_candidates(
         return model, []
     candidates = order_by_context_fit(everything, required)
     return candidates[0].model, candidates
+
+
+def no_target_error(snapshot: RoutingSnapshot, model: str | None) -> str:
+    """The message of the 503 for a request for ``model`` that no target could answer."""
+    if snapshot.no_mesh_reason is not None:
+        return f"not connected to any mesh: {snapshot.no_mesh_reason}"
+    if model:
+        return f"No inference server available for model '{model}'"
+    return "No inference server available"
 
 
 def is_context_overflow_400(status: int, body_prefix: bytes) -> bool:
