@@ -97,6 +97,7 @@ class RpcServer:
         """Start it and wait until its port accepts; the port. ProcessError on failure."""
         if self.running:
             return self._port
+        self._port = 0  # a restart: never report the dead child's port as ready
         for attempt in range(1, START_ATTEMPTS + 1):
             port = free_port()
             argv = rpc_server_argv(self.binary, port=port, threads=self.threads, device=self.device)

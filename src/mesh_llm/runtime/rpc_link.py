@@ -12,10 +12,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mesh_llm.errors import MeshLlmError, TransportError
-from mesh_llm.inference import PidRegistry, RpcServer, host_weights, local_weight_files
+from mesh_llm.inference import (
+    PidRegistry,
+    RestartPolicy,
+    RpcServer,
+    host_weights,
+    local_weight_files,
+)
+from mesh_llm.inference.selftest import describe_exit
 from mesh_llm.mesh import MeshService
 from mesh_llm.models import RpcStore
 from mesh_llm.network import BiStream, RpcTunnelHost, WorkerSources, serve_rpc_tunnel
@@ -36,7 +45,13 @@ class RpcLink:
         model_paths: list[Path],
         device: str | None,
         registry: PidRegistry | None = None,
+        on_change: Callable[[], None] | None = None,
+        policy: RestartPolicy | None = None,
     ) -> None:
+        self._on_change = on_change or (lambda: None)
+        self._policy = policy or RestartPolicy()
+        self.restarts = 0
+        self._stopping = False
         self._server = RpcServer(
             rpc_binary, log_path=state / "logs" / "rpc-server.log", registry=registry, device=device
         )
@@ -50,7 +65,8 @@ class RpcLink:
 
     @property
     def port(self) -> int | None:
-        return self._server.port if self._server.running else None
+        """The rpc-server's port while it runs and accepts (None while down or starting)."""
+        return self._server.port if self._server.running and self._server.port else None
 
     async def start(self, service: MeshService) -> None:
         """Start the rpc-server and accept RPC tunnels; a failure leaves this node solo-only."""
@@ -65,6 +81,43 @@ class RpcLink:
         files = await asyncio.to_thread(local_weight_files, self._model_paths)
         self._sources = WorkerSources(files=files, store=self._store)
         service.rpc_handler = self._serve
+
+    async def run(self) -> None:
+        """Supervise the rpc-server until cancelled: when it exits, this node stops offering
+        itself as a worker (``on_change`` re-announces ``rpc_ready``), then it is restarted with
+        backoff; back up, the node offers itself again and hosts re-plan their splits. After
+        ``policy.max_crashes`` quick crashes in a row it stays down with ``error`` set."""
+        if self._sources is None:
+            return  # never started (start() failed): nothing to supervise
+        crashes = 0
+        while True:
+            started = time.monotonic()
+            code = await self._server.wait()
+            if self._stopping:
+                return
+            uptime = time.monotonic() - started
+            crashes = self._policy.crashes_after_exit(crashes, uptime)
+            delay = self._policy.next_delay(crashes)
+            reason = f"rpc-server {describe_exit(code)}; log: {self._server.log_path}"
+            self._on_change()
+            if delay is None:
+                self.error = f"{reason}; gave up after {crashes - 1} restarts in a row"
+                log.error("%s; this node no longer lends its memory", self.error)
+                self._on_change()
+                return
+            self.error = f"{reason}; restarting in {delay:.0f} s"
+            log.warning("%s (this node is not a worker until it is back)", self.error)
+            await asyncio.sleep(delay)
+            try:
+                await self._server.start()
+            except MeshLlmError as exc:
+                self.error = f"rpc-server did not restart: {exc}"
+                log.warning("%s", self.error)
+                continue
+            self.restarts += 1
+            self.error = None
+            log.info("rpc-server is back (restart %d); offering this node as a worker", crashes)
+            self._on_change()
 
     async def _serve(self, peer: bytes, stream: BiStream) -> None:
         port, sources = self.port, self._sources
@@ -105,10 +158,12 @@ class RpcLink:
             "pid": self._server.pid,
             "running": self._server.running,
             "error": self.error,
+            "restarts": self.restarts,
             "tunnels": {peer.hex(): s.snapshot() for peer, s in self.stats.items()},
         }
 
     async def stop(self) -> None:
+        self._stopping = True
         await self.release(set())
         await self._server.stop()
         if self._store is not None:
