@@ -8,6 +8,8 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -91,5 +93,57 @@ def test_node_with_binaries_that_crash_here_stops_with_one_clear_error(tmp_path:
         assert "llama-server was killed by SIGSEGV" in log, log
         assert "selftest.log" in log, log
         assert "Traceback" not in log, log
+    finally:
+        node.stop()
+
+
+def test_a_model_whose_llama_server_keeps_crashing_gets_a_503_that_says_why(
+    tmp_path: Path,
+) -> None:
+    """Binaries that pass the self-test but crash on this model (as the AMX build did): stderr
+    names the signal and the log, and requests get a 503 carrying that reason."""
+    real = locate_backend()
+    wrapped = tmp_path / "bin"
+    wrapped.mkdir()
+    server = wrapped / "llama-server"
+    server.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *SmolLM2*) kill -SEGV $$ ;; esac\n'
+        f'exec "{real.llama_server}" "$@"\n'
+    )
+    server.chmod(0o755)
+    (wrapped / "ggml-rpc-server").symlink_to(real.rpc_server)
+    node = MeshNode(
+        "crashing",
+        tmp_path / "home",
+        ["--model", "SmolLM2-135M-Instruct", "--bin-dir", str(wrapped)],
+        env={"MESH_LLM_EPHEMERAL_KEY": "1"},
+    ).start()
+    try:
+
+        def refused() -> dict[str, object] | None:
+            body = json.dumps(
+                {"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "hi"}]}
+            ).encode()
+            request = urllib.request.Request(
+                f"{node.api}/v1/chat/completions",
+                data=body,
+                headers={"Content-Type": "application/json"},
+            )
+            try:
+                urllib.request.urlopen(request, timeout=10).close()
+            except urllib.error.HTTPError as exc:
+                with exc:
+                    if exc.code == 503:
+                        error = json.loads(exc.read())["error"]
+                        return error if "SIGSEGV" in error["message"] else None
+            return None
+
+        error = wait_for(refused, 60, "a 503 naming the crash")
+        assert "is not available on this node" in str(error["message"])
+        assert "llama-server was killed by SIGSEGV" in str(error["message"])
+        assert "log: " in str(error["message"])
+        log = node.log_path.read_text()
+        assert "llama-server was killed by SIGSEGV while loading; log: " in log, log
     finally:
         node.stop()

@@ -82,6 +82,16 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:80]
 
 
+def _down_reasons(runners: Sequence[ModelRunner]) -> dict[str, str]:
+    """Models whose llama-server crashed (restarting, or given up), with the reason: the 503 a
+    request for one gets says why instead of a generic "not available"."""
+    down: dict[str, str] = {}
+    for runner in runners:
+        if runner.state in (RunnerState.RESTARTING, RunnerState.FAILED) and runner.last_error:
+            down[runner.name] = runner.last_error
+    return down
+
+
 def _ready_targets(runners: Sequence[ModelRunner]) -> dict[str, list[Target]]:
     targets: dict[str, list[Target]] = {}
     for runner in runners:
@@ -179,6 +189,7 @@ class Node:
             serving=local.serving,
             unavailable=unavailable,
             embedding_targets=local.embedding_targets,
+            down=local.down,
             no_mesh_reason=join.describe() if join and join.state is not JoinState.JOINED else None,
         )
 
@@ -201,7 +212,10 @@ class Node:
             [m for m in self.models if m.role is ModelRole.EMBEDDINGS] + self.embedders
         )
         return RoutingSnapshot(
-            targets=targets, serving=bool(targets), embedding_targets=embedding_targets
+            targets=targets,
+            serving=bool(targets),
+            embedding_targets=embedding_targets,
+            down=_down_reasons(self.models),
         )
 
     # --------------------------------------------------------------------------------- status
@@ -534,6 +548,7 @@ class Node:
                         model_paths=[m.path for _, m, _ in resolved],
                         device=self.config.device,
                         registry=self.registry,
+                        on_change=self._changed,
                     )
                     await self.rpc.start(self.mesh.service)
             self._print_summary()
@@ -543,6 +558,8 @@ class Node:
                 tasks = [mesh_task]
                 tasks += [group.create_task(m.run()) for m in [*self.models, *self.embedders]]
                 tasks.append(group.create_task(self._announce_ready()))
+                if self.rpc is not None:
+                    tasks.append(group.create_task(self.rpc.run()))
                 await self._stop.wait()
                 self._out("mesh-llm: shutting down")
                 await self._shutdown()

@@ -80,6 +80,10 @@ class RoutingSnapshot:
     """Model name -> llama-servers started with ``--embeddings``, for the embedding paths. A chat
     model's own targets do not answer ``/v1/embeddings`` (llama-server says 501) unless the node
     runs an embedding sidecar for it; when this is empty, embedding requests use ``targets``."""
+    down: Mapping[str, str] = field(default_factory=dict)
+    """Models this node runs that cannot answer now (llama-server restarting after a crash, or
+    given up), with why. With no other target, a request naming one gets a 503 carrying that
+    reason, never another model's answer."""
     no_mesh_reason: str | None = None
     """Set while this node was told to join a mesh (``--join``) and is in none: why. A request
     nothing can answer is then refused with this reason instead of blaming the model."""
@@ -173,7 +177,8 @@ def choose_candidates(
 ) -> tuple[str | None, list[Target]]:
     """The answering model and the targets to try, in order.
 
-    A model with targets gets exactly those; a model in ``snapshot.unavailable`` gets none.
+    A model with targets gets exactly those; a model in ``snapshot.unavailable`` or
+    ``snapshot.down`` gets none.
     Any other name (missing, ``auto``, unknown)
     falls back to every target of every model: on a serving node local targets first,
     otherwise in snapshot order; the answering model is then the first candidate's. With
@@ -183,7 +188,7 @@ def choose_candidates(
     known = snapshot.targets.get(model) if model is not None else None
     if known:
         return model, order_by_context_fit(known, required)
-    if model is not None and model in snapshot.unavailable:
+    if model is not None and (model in snapshot.unavailable or model in snapshot.down):
         return model, []
     everything = [t for targets in snapshot.targets.values() for t in targets]
     if snapshot.serving:
@@ -194,10 +199,40 @@ def choose_candidates(
     return candidates[0].model, candidates
 
 
+AUTO_MODEL = "auto"
+"""The model name that asks the mesh to pick (as do a missing or empty name)."""
+
+
+def substituted_name(snapshot: RoutingSnapshot, model: str | None) -> str | None:
+    """``model`` when routing it means answering with another model, else None.
+
+    That is a name the snapshot neither serves nor lists as unavailable. A missing or empty
+    name and ``auto`` ask for any model: they are routed the same way (:func:`choose_candidates`)
+    but are not substitutions. Whether a substitution is allowed is the ingress's setting.
+    """
+    if not model or model == AUTO_MODEL:
+        return None
+    if snapshot.targets.get(model) or model in snapshot.unavailable:
+        return None
+    return model
+
+
+def model_not_found_error(snapshot: RoutingSnapshot, model: str) -> str:
+    """The message of the 404 for an unknown model while substitution is off."""
+    served = sorted(snapshot.targets)
+    listed = ", ".join(served[:8]) + (f" and {len(served) - 8} more" if len(served) > 8 else "")
+    return (
+        f"The model '{model}' does not exist in this mesh (model substitution is off); "
+        f"served: {listed or 'none'}"
+    )
+
+
 def no_target_error(snapshot: RoutingSnapshot, model: str | None) -> str:
     """The message of the 503 for a request for ``model`` that no target could answer."""
     if snapshot.no_mesh_reason is not None:
         return f"not connected to any mesh: {snapshot.no_mesh_reason}"
+    if model and model in snapshot.down:
+        return f"Model '{model}' is not available on this node: {snapshot.down[model]}"
     if model:
         return f"No inference server available for model '{model}'"
     return "No inference server available"

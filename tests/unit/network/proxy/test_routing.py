@@ -205,3 +205,19 @@ def test_recently_served_model_gets_no_fallback() -> None:
     snapshot = RoutingSnapshot({"a": [other]}, serving=True, unavailable=frozenset({"b"}))
     assert choose_candidates(snapshot, "b", 10, None) == ("b", [])
     assert choose_candidates(snapshot, "never-seen", 10, None) == ("a", [other])
+
+
+def test_crashed_local_model_gets_no_fallback_and_a_503_with_the_reason() -> None:
+    """Issue 11: requests for a model whose llama-server keeps crashing say why."""
+    from mesh_llm.network.proxy.routing import no_target_error
+
+    other = Target("a", "local:1", 1, None, 4096)
+    reason = "llama-server crashed 5 times in a row, giving up (llama-server was killed by SIGSEGV)"
+    snapshot = RoutingSnapshot({"a": [other]}, serving=True, down={"b": reason})
+    assert choose_candidates(snapshot, "b", 10, None) == ("b", [])
+    assert no_target_error(snapshot, "b") == f"Model 'b' is not available on this node: {reason}"
+    remote_b = Target("b", "peer:x", None, "x", 4096)
+    served_elsewhere = RoutingSnapshot(
+        {"a": [other], "b": [remote_b]}, serving=True, down={"b": reason}
+    )
+    assert choose_candidates(served_elsewhere, "b", 10, None) == ("b", [remote_b])
