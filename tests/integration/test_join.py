@@ -8,6 +8,7 @@ gets a 503 saying it is not connected to any mesh (instead of blaming the model)
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -84,3 +85,39 @@ def test_client_with_a_dead_token_says_why_it_is_alone(tmp_path: Path) -> None:
         raise AssertionError(f"{exc}\n{node.log_tail()}") from None
     finally:
         node.stop()
+
+
+def test_losing_the_only_peer_is_said(tmp_path: Path) -> None:
+    """Joined through a live node (``joined``); that node SIGKILLed: ``failed`` or ``retrying``
+    with why, a WARNING, and the 503 says the node is in no mesh."""
+    host = MeshNode("X", tmp_path / "X", ["--client"])
+    host.start()
+    node: MeshNode | None = None
+    try:
+        token: str = wait_for(lambda: host.status()["token"], 30, "X's token")
+        host_id = host.status()["node_id_full"]
+        node = MeshNode("Y", tmp_path / "Y", ["--client", "--join", token])
+        node.start()
+
+        def state() -> str:
+            assert node is not None
+            return str(node.status()["join"]["state"])
+
+        wait_for(lambda: state() == "joined", 20, "Y to join X")
+        assert node.status()["join"]["peer"] == host_id
+        host.signal(signal.SIGKILL)
+        host.proc.wait(timeout=10)  # type: ignore[union-attr]
+        wait_for(lambda: state() in ("failed", "retrying"), 15, "Y to notice X is gone")
+        join = node.status()["join"]
+        assert join["reason"] in ("it stopped answering", "the connection was lost"), join
+        body = _chat_error(node).body
+        assert isinstance(body, dict)
+        assert body["message"].startswith("not connected to any mesh: "), body
+        assert "WARNING" in node.log_tail(200)
+    except AssertionError as exc:
+        tails = host.log_tail() + "\n" + (node.log_tail() if node else "")
+        raise AssertionError(f"{exc}\n{tails}") from None
+    finally:
+        if node is not None:
+            node.stop()
+        host.stop()
