@@ -63,6 +63,7 @@ from mesh_llm.protocol import PeerAnnouncement
 from mesh_llm.runtime import status as status_json
 from mesh_llm.runtime.announce import self_announcement
 from mesh_llm.runtime.config import NodeConfig
+from mesh_llm.runtime.home import acquire_home
 from mesh_llm.runtime.launch_plan import LaunchInputs, ModelFacts, ModelLaunch, plan_launches
 from mesh_llm.runtime.mesh_link import MeshLink
 from mesh_llm.runtime.rpc_link import RpcLink
@@ -148,6 +149,8 @@ class Node:
         self._out = out or (lambda line: print(line, flush=True))  # noqa: T201 - startup summary
         self.hub = ChangeHub()
         self.state_dir = state_dir()
+        self.log_dir = self.state_dir / "logs"
+        """Where this node's children log: per node when several share the state directory."""
         self.registry = PidRegistry(self.state_dir / "children.json")
         self.survey: HardwareSurvey | None = None
         self.capacity = 0
@@ -354,7 +357,7 @@ class Node:
     ) -> ModelRunner:
         assert self.binaries is not None
         binary = self.binaries.llama_server
-        log_path = self.state_dir / "logs" / f"llama-server-{_safe_name(launch.name)}.log"
+        log_path = self.log_dir / f"llama-server-{_safe_name(launch.name)}.log"
         ctx = launch.ctx_size
         layers = info.block_count or 0
 
@@ -425,7 +428,7 @@ class Node:
         compute an output for every prompt token and caps its batch, slowing chat."""
         assert self.binaries is not None
         binary = self.binaries.llama_server
-        log_path = self.state_dir / "logs" / f"llama-server-{_safe_name(name)}-embeddings.log"
+        log_path = self.log_dir / f"llama-server-{_safe_name(name)}-embeddings.log"
 
         def make_spec(port: int, rpc: Sequence[str], split: str | None) -> LaunchSpec:
             argv = llama_server_argv(
@@ -476,6 +479,17 @@ class Node:
                 loop.remove_signal_handler(sig)
 
     async def _run(self) -> int:
+        uses_home_key = not (self.config.client or self.config.ephemeral_key)
+        lease = acquire_home(self.state_dir, uses_home_key=uses_home_key)
+        self.log_dir = lease.log_dir
+        if not lease.owner:
+            log.info("another node uses %s: this one logs to %s", self.state_dir, self.log_dir)
+        try:
+            return await self._run_with_home()
+        finally:
+            lease.release()
+
+    async def _run_with_home(self) -> int:
         prepare_native_relay()
         reaped = reap_recorded_children(self.registry)
         if reaped:
@@ -544,7 +558,7 @@ class Node:
                 if self.capacity > 0 and self.mesh.service is not None:
                     self.rpc = RpcLink(
                         self.binaries.rpc_server,
-                        state=self.state_dir,
+                        log_dir=self.log_dir,
                         model_paths=[m.path for _, m, _ in resolved],
                         device=self.config.device,
                         registry=self.registry,

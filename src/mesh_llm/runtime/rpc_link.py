@@ -41,7 +41,7 @@ class RpcLink:
         self,
         rpc_binary: Path,
         *,
-        state: Path,
+        log_dir: Path,
         model_paths: list[Path],
         device: str | None,
         registry: PidRegistry | None = None,
@@ -53,7 +53,7 @@ class RpcLink:
         self.restarts = 0
         self._stopping = False
         self._server = RpcServer(
-            rpc_binary, log_path=state / "logs" / "rpc-server.log", registry=registry, device=device
+            rpc_binary, log_path=log_dir / "rpc-server.log", registry=registry, device=device
         )
         self._model_paths = model_paths
         self._sources: WorkerSources | None = None

@@ -47,7 +47,7 @@ async def test_a_crashed_rpc_server_is_withdrawn_then_restarted(
 
     link = RpcLink(
         rpc_binary,
-        state=tmp_path / "state",
+        log_dir=tmp_path / "logs",
         model_paths=[],
         device=None,
         on_change=changed,
@@ -81,7 +81,7 @@ async def test_an_rpc_server_that_cannot_start_leaves_the_node_solo(
     await asyncio.to_thread(rpc_binary.write_text, "#!/bin/sh\nexit 3\n")
     link = RpcLink(
         rpc_binary,
-        state=tmp_path / "state",
+        log_dir=tmp_path / "logs",
         model_paths=[],
         device=None,
         policy=RestartPolicy(base_delay_s=0.01, max_crashes=2),
