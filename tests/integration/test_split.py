@@ -7,8 +7,10 @@ two. Real mesh-llm processes, real iroh, real llama-server and rpc-server.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -275,3 +277,49 @@ def test_worker_without_the_file_is_sent_the_weights_once(tmp_path: Path) -> Non
         host.stop()
         if worker is not None:
             worker.stop()
+
+
+def test_two_nodes_sharing_one_state_dir_form_a_split(tmp_path: Path) -> None:
+    """Issue 16's report: two nodes on one machine with the same MESH_LLM_HOME (fresh identities)
+    form a split; the second's start-up does not stop the first's rpc-server, and each node's
+    children log to their own files. A third node wanting the home's own key is refused."""
+    home = tmp_path / "shared-home"
+    ephemeral = {"MESH_LLM_EPHEMERAL_KEY": "1"}
+    split_args = ["--model", MODEL, "--max-vram", "0.07", *MESH]
+    a = MeshNode("A", home, split_args, env=ephemeral).start()
+    b: MeshNode | None = None
+    try:
+        wait_for(lambda: split_info(a).get("role") == "wait", 60, "A alone to wait for peers")
+        a_rpc = a.status()["rpc_server"]
+        assert a_rpc["running"]
+        token = a.status()["token"]
+        b = MeshNode("B", home, [*split_args, "--join", token], env=ephemeral)
+        b.start()
+        nodes = (a, b)
+
+        def roles() -> set[str]:
+            return {split_info(n).get("role") for n in nodes} - {None}
+
+        wait_for(lambda: roles() == {"host", "worker"}, 60, "a host and a worker")
+        assert psutil.pid_exists(a_rpc["pid"]), "B's start-up stopped A's rpc-server"
+        assert a.status()["rpc_server"]["pid"] == a_rpc["pid"]
+        host = next(n for n in nodes if split_info(n).get("role") == "host")
+        wait_for(lambda: MODEL in host.model_ids(), 180, "the split host to serve")
+        assert completion(host.api_port)
+        logs = sorted(p.relative_to(home).as_posix() for p in home.glob("logs/**/rpc-server.log"))
+        assert len(logs) == 2, logs
+        assert any(log.startswith("logs/node-") for log in logs), logs
+        keyed = subprocess.run(
+            [sys.executable, "-m", "mesh_llm", "--model", MODEL, "--port", str(free_port()),
+             "--console", str(free_port()), *MESH],
+            env={**os.environ, "MESH_LLM_HOME": str(home)},
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert keyed.returncode != 0
+        assert "already running with the state directory" in keyed.stderr, keyed.stderr
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{a.log_tail(40)}\n{b.log_tail(40) if b else ''}") from None
+    finally:
+        for node in (a, b):
+            if node is not None:
+                node.stop()
