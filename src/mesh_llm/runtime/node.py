@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -34,6 +35,7 @@ from mesh_llm.inference import (
     Member,
     PidRegistry,
     Plan,
+    PlanKind,
     ServerFeatures,
     cpu_host_offload,
     ensure_backend,
@@ -295,9 +297,13 @@ class Node:
         build = self.binaries.build_id if self.binaries else None
         me = Member(own, self.capacity, None, build, self._rpc_port() is not None)
         group = split_group(model, mesh.peer_snapshots() if mesh is not None else ())
-        return plan_model(
+        plan = plan_model(
             me, group.peers, size, helpers=group.helpers, force_split=self.config.split
         )
+        if plan.kind in (PlanKind.WAIT, PlanKind.HOST) and group.ignored:
+            # Say what a split that does not form waits for: every peer, and why it is left out.
+            plan = dataclasses.replace(plan, excluded=(*plan.excluded, *group.ignored))
+        return plan
 
     def _rpc_port(self) -> int | None:
         return self.rpc.port if self.rpc is not None else None

@@ -211,6 +211,9 @@ class SplitRunner(ModelRunner):
     async def _apply(self, plan: Plan) -> None:
         previous = self._plan
         log.info("%s: %s (%s)", self.name, plan.kind.value, plan.reason)
+        if plan.kind is PlanKind.WAIT:
+            for peer, why in plan.excluded:
+                log.info("%s: peer %s left out of the split: %s", self.name, peer[:5].hex(), why)
         await self._stop_server()
         self._plan = plan
         match plan.kind:

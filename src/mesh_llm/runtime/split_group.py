@@ -35,6 +35,9 @@ class SplitGroup:
     """Peers that declared the model: the election group besides this node."""
     helpers: tuple[Member, ...]
     """Idle workers (an rpc-server, no model of their own): they lend memory, never host."""
+    ignored: tuple[tuple[bytes, str], ...] = ()
+    """The other peers, with why none of them can take part (shown in ``/api/status`` beside the
+    plan's own exclusions, so a split that does not form says what it waits for)."""
 
 
 def split_group(model: str, peers: Iterable[PeerSnapshot]) -> SplitGroup:
@@ -43,13 +46,34 @@ def split_group(model: str, peers: Iterable[PeerSnapshot]) -> SplitGroup:
     Only connected, admitted peers that are not clients take part."""
     group: list[Member] = []
     helpers: list[Member] = []
+    ignored: list[tuple[bytes, str]] = []
     for peer in peers:
         ann = peer.announcement
-        if ann.role is NodeRole.CLIENT or not (peer.admitted and peer.connected):
+        why = _not_a_member(model, peer)
+        if why is not None:
+            ignored.append((peer.peer_id, why))
             continue
         member = Member(peer.peer_id, ann.vram_bytes, peer.rtt_ms, ann.llama_build, ann.rpc_ready)
         if model in ann.serving_models:
             group.append(member)
-        elif not ann.serving_models and ann.rpc_ready:
+        else:
             helpers.append(member)
-    return SplitGroup(tuple(group), tuple(helpers))
+    return SplitGroup(tuple(group), tuple(helpers), tuple(ignored))
+
+
+def _not_a_member(model: str, peer: PeerSnapshot) -> str | None:
+    """Why ``peer`` takes no part in ``model``'s split (None: it does)."""
+    ann = peer.announcement
+    if ann.role is NodeRole.CLIENT:
+        return "a client (runs no models)"
+    if not peer.connected:
+        return "not connected"
+    if not peer.admitted:
+        return "not admitted yet (has not gossiped over its own connection)"
+    if model in ann.serving_models:
+        return None
+    if ann.serving_models:
+        return f"serves {', '.join(sorted(ann.serving_models))}, not {model}"
+    if not ann.rpc_ready:
+        return "idle, but its rpc-server is not running"
+    return None

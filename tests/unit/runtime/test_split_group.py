@@ -35,13 +35,16 @@ def member(pid: bytes, rtt: float | None = 10.0, rpc_ready: bool = True) -> Memb
 
 def test_peers_declaring_the_model_form_the_group() -> None:
     group = split_group("m", [peer(A, "m"), peer(B, "other"), peer(C, "m", rtt=None)])
-    assert group == SplitGroup((member(A), member(C, rtt=None)), ())
+    assert group == SplitGroup(
+        (member(A), member(C, rtt=None)), (), ((B, "serves other, not m"),)
+    )
 
 
 def test_idle_workers_with_an_rpc_server_help() -> None:
     group = split_group("m", [peer(A), peer(B, rpc_ready=False), peer(C, "m")])
     assert group.helpers == (member(A),)
     assert group.peers == (member(C),)
+    assert group.ignored == ((B, "idle, but its rpc-server is not running"),)
 
 
 def test_clients_unadmitted_and_disconnected_peers_take_no_part() -> None:
@@ -54,7 +57,16 @@ def test_clients_unadmitted_and_disconnected_peers_take_no_part() -> None:
             peer(D, admitted=False),
         ],
     )
-    assert group == SplitGroup((), ())
+    assert group == SplitGroup(
+        (),
+        (),
+        (
+            (A, "a client (runs no models)"),
+            (B, "not admitted yet (has not gossiped over its own connection)"),
+            (C, "not connected"),
+            (D, "not admitted yet (has not gossiped over its own connection)"),
+        ),
+    )
 
 
 def test_a_host_serving_the_model_is_in_the_group() -> None:
