@@ -176,13 +176,14 @@ class EventStreamRewriter:
         while (end := self._pending.find(b"\n\n")) >= 0:
             event = bytes(self._pending[: end + 2])
             del self._pending[: end + 2]
-            out += as_chunk(self._fixer.rewrite(event))
+            if rewritten := self._fixer.rewrite(event):  # a fixer may drop an event
+                out += as_chunk(rewritten)
         if len(self._pending) > _MAX_PENDING:
             out += as_chunk(bytes(self._pending))
             self._pending.clear()
         if self._tracker.done:
-            if self._pending.strip():
-                out += as_chunk(self._fixer.rewrite(bytes(self._pending)))
+            if self._pending.strip() and (rewritten := self._fixer.rewrite(bytes(self._pending))):
+                out += as_chunk(rewritten)
             self._pending.clear()
             out += LAST_CHUNK
         return bytes(out)
