@@ -17,8 +17,9 @@ import json
 import logging
 import socket
 import threading
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from mesh_llm.errors import HttpProtocolError, MeshLlmError, PortInUseError, TransportError
 from mesh_llm.network.proxy.routing import (
@@ -34,7 +35,7 @@ from mesh_llm.network.proxy.routing import (
 from mesh_llm.network.proxy.upstream import TcpUpstream, UpstreamStream
 from mesh_llm.network.relay import BlockingSource, ClientGoneError, NativeEnd, relay_from
 from mesh_llm.network.transport import BiStream
-from mesh_llm.protocol.event_streams import rewriter_for
+from mesh_llm.protocol.event_streams import EventStreamRewriter, rewriter_for
 from mesh_llm.protocol.http1 import (
     CONTINUE_RESPONSE,
     DEFAULT_MAX_BODY,
@@ -49,6 +50,14 @@ from mesh_llm.protocol.http1 import (
     serialize_forward,
 )
 from mesh_llm.protocol.stream_end import ChunkedTracker, stream_error_tail
+from mesh_llm.protocol.stream_resume import (
+    CHAT_PATH,
+    ContinuationFixer,
+    StreamRecorder,
+    continuation_body,
+    read_partial_stream,
+    request_blocks_resume,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -454,8 +463,10 @@ class Ingress:
             if attempt is None:
                 continue
             upstream, first = attempt
+            fallbacks = [c for c in candidates[index + 1 :] if c.model == target.model]
+            resume = _Resume(request, fallbacks) if request.path == CHAT_PATH else None
             try:
-                await self._relay(conn, upstream, first, target.model, request.path)
+                await self._relay(conn, upstream, first, target.model, request.path, resume)
             finally:
                 await _close_upstream(upstream)
             return
@@ -489,7 +500,13 @@ class Ingress:
         return None
 
     async def _relay(
-        self, conn: _Client, upstream: UpstreamStream, first: bytes, model: str, path: str
+        self,
+        conn: _Client,
+        upstream: UpstreamStream,
+        first: bytes,
+        model: str,
+        path: str,
+        resume: _Resume | None = None,
     ) -> None:
         cut = first.index(b"\r\n") + 2
         head_end = first.find(b"\r\n\r\n")
@@ -505,6 +522,9 @@ class Ingress:
         body_at = _event_stream_body_at(first)
         tracker = ChunkedTracker() if body_at is not None else None
         rewriter = rewriter_for(path, model) if body_at is not None else None
+        # A chat stream is recorded as it passes (no parsing) so that, if its server dies, another
+        # server of the model can continue it (protocol/stream_resume).
+        recorder = StreamRecorder() if resume is not None and tracker is not None else None
         try:
             if rewriter is not None and body_at is not None:
                 head = first[:cut] + extra + first[cut:body_at]
@@ -512,10 +532,12 @@ class Ingress:
             else:
                 if tracker is not None and body_at is not None:
                     tracker.feed(first[body_at:])
+                    if recorder is not None:
+                        recorder(first[body_at:])
                 await conn.send(first[:cut] + extra + first[cut:])
             client_socket = conn.socket_transport()
             stream_client = conn if isinstance(conn, _StreamClient) else None
-            observe = _observer(tracker)
+            observe = _observer(tracker, recorder)
             if rewriter is None and isinstance(upstream, TcpUpstream) and client_socket:
                 await upstream.relay(client_socket, observe)
             elif rewriter is None and isinstance(upstream, TcpUpstream) and stream_client:
@@ -528,6 +550,8 @@ class Ingress:
                         chunk = rewriter.feed(chunk)
                     elif tracker is not None:
                         tracker.feed(chunk)
+                        if recorder is not None:
+                            recorder(chunk)
                     await conn.write(chunk)
         except ConnectionError:
             logger.debug("client went away during the response")
@@ -542,12 +566,72 @@ class Ingress:
         if broken:
             logger.warning("the llama-server for %s ended its event stream early", model)
             if at_boundary:
+                why = None
+                if resume is not None and recorder is not None:
+                    why = await self._resume(conn, resume, recorder, model)
+                    if why is None:
+                        return
                 message = (
                     f"the inference server for '{model}' stopped in the middle of the response;"
                     " the request can be retried"
-                )
+                ) + (f" (not continued elsewhere: {why})" if why else "")
                 with contextlib.suppress(ConnectionError):
                     await conn.send(stream_error_tail(path, message))
+
+    async def _resume(
+        self, conn: _Client, resume: _Resume, recorder: StreamRecorder, model: str
+    ) -> str | None:
+        """Continue a broken chat stream on another server of ``model``; None when the client's
+        stream was completed that way, else why it was not."""
+        try:
+            body: Any = json.loads(resume.request.body)
+        except ValueError:
+            return "the request body is not JSON"
+        if not isinstance(body, dict):
+            return "the request body is not a JSON object"
+        partial = read_partial_stream(recorder)
+        why = request_blocks_resume(body) or partial.unsafe
+        if why is not None:
+            return why
+        if not resume.fallbacks:
+            return "no other server of the model"
+        continued = continuation_body(body, partial)
+        if continued is None:
+            return "its token budget was spent"
+        forward = serialize_forward(resume.request, continued)
+        for target in resume.fallbacks:
+            attempt = await self._attempt(target, forward, may_retry=False)
+            if attempt is None:
+                continue
+            upstream, first = attempt
+            try:
+                body_at = _event_stream_body_at(first)
+                if body_at is None:
+                    logger.warning("%s did not answer the continuation with a stream", target.key)
+                    continue
+                logger.warning(
+                    "continuing a %s stream on %s after %d tokens",
+                    model,
+                    target.key,
+                    partial.tokens,
+                )
+                rewriter = EventStreamRewriter(ContinuationFixer(partial))
+                try:
+                    await conn.write(rewriter.feed(first[body_at:]))
+                    while not rewriter.done:
+                        try:
+                            chunk = await upstream.read(READ_SIZE)
+                        except (OSError, MeshLlmError) as exc:
+                            return f"the server continuing it failed too ({exc})"
+                        if not chunk:
+                            break
+                        await conn.write(rewriter.feed(chunk))
+                except ConnectionError:
+                    return None  # the client went away: nobody to tell
+                return None if rewriter.done else "the server continuing it stopped too"
+            finally:
+                await _close_upstream(upstream)
+        return "no other server of the model answered"
 
 
 def _event_stream_body_at(first: bytes) -> int | None:
@@ -594,8 +678,28 @@ async def _read_decision(upstream: UpstreamStream, *, check_overflow: bool) -> b
         return bytes(buf)
 
 
-def _observer(tracker: ChunkedTracker | None) -> Callable[[bytes], None] | None:
-    return tracker.feed if tracker is not None else None
+@dataclass(frozen=True, slots=True)
+class _Resume:
+    """What continuing a broken chat stream needs: the request and the other servers to try."""
+
+    request: Request
+    fallbacks: Sequence[Target]
+
+
+def _observer(
+    tracker: ChunkedTracker | None, recorder: StreamRecorder | None = None
+) -> Callable[[bytes], None] | None:
+    if tracker is None:
+        return None
+    if recorder is None:
+        return tracker.feed
+    feed = tracker.feed
+
+    def observe(data: bytes) -> None:
+        feed(data)
+        recorder(data)
+
+    return observe
 
 
 async def _close_upstream(upstream: UpstreamStream | None) -> None:
