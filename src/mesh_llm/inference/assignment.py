@@ -1,0 +1,195 @@
+"""What a node with nothing declared should serve, and when a standby node should start. Pure.
+
+Two planners over a frozen view of the mesh (``docs/DESIGN.md`` "Many models: assignment and
+standby promotion"):
+
+- :func:`pick_model_assignment`: a node joined without ``--model`` picks, in order, (1) a model
+  with active demand and no server that is on its disk and fits, (2) an under-served on-disk model
+  that fits, (3) an unserved catalog model that fits (to download); several candidates of tiers 1
+  and 3 are spread across joiners by a hash of the node id, so joiners do not all pick the same
+  model. Nothing: standby.
+- :func:`check_unserved_model`: a standby node promotes to (1) the model with demand and no
+  server (highest request count), else (2) the hottest served model when its requests per server
+  are at least 3x the coldest's and at least 10 (or at least 10 when it is the only one). Only
+  models on this node's disk that fit; a standby never downloads on promotion.
+
+Request counts are cumulative (gossip merges them with max), not rates: "hot" means "many requests
+in the activity window".
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from mesh_llm.inference.placement import FIT_FACTOR
+
+__all__ = [
+    "ACTIVE_WINDOW_S",
+    "HOT_RATIO",
+    "MIN_HOT_REQUESTS",
+    "MIN_ON_DISK_BYTES",
+    "PROMOTION_WINDOW_S",
+    "Assignment",
+    "AssignmentKind",
+    "DemandView",
+    "LocalModel",
+    "check_unserved_model",
+    "node_hash",
+    "pick_model_assignment",
+]
+
+ACTIVE_WINDOW_S: Final = 86_400
+"""A model requested within this window (or pinned by a live declaring node) has active demand."""
+PROMOTION_WINDOW_S: Final = 3_600
+"""The imbalance rule looks only at models requested within this window."""
+HOT_RATIO: Final = 3.0
+MIN_HOT_REQUESTS: Final = 10
+MIN_ON_DISK_BYTES: Final = 500_000_000
+"""Tier 1 ignores tiny files (test and draft models) as the reference does."""
+
+
+@dataclass(frozen=True, slots=True)
+class DemandView:
+    """One model's demand as the gossiped map has it."""
+
+    request_count: int
+    last_active: int
+    """Unix seconds of the latest request anyone saw."""
+    pinned: bool = False
+    """A live node declared it (``--model``): active whatever its age."""
+
+    def active(self, now: float) -> bool:
+        return self.pinned or now - self.last_active < ACTIVE_WINDOW_S
+
+
+@dataclass(frozen=True, slots=True)
+class LocalModel:
+    """A model this node could serve: on its disk, or downloadable from the catalog."""
+
+    name: str
+    size_bytes: int
+
+
+class AssignmentKind(enum.StrEnum):
+    SERVE = "serve"
+    DOWNLOAD = "download"
+    STANDBY = "standby"
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    kind: AssignmentKind
+    model: str | None
+    reason: str
+
+
+def node_hash(node_id: bytes) -> int:
+    """The reference's spread: a wrapping 64-bit fold ``h = h*31 + b`` over the id's bytes."""
+    h = 0
+    for b in node_id:
+        h = (h * 31 + b) & 0xFFFF_FFFF_FFFF_FFFF
+    return h
+
+
+def _fits(size: int, capacity: int) -> bool:
+    return capacity >= int(size * FIT_FACTOR)
+
+
+def pick_model_assignment(
+    *,
+    node_id: bytes,
+    capacity: int,
+    demand: Mapping[str, DemandView],
+    servers: Mapping[str, int],
+    on_disk: Sequence[LocalModel],
+    catalog: Sequence[LocalModel],
+    now: float,
+) -> Assignment:
+    """What a node joined without ``--model`` serves (spec tiers 1-3), else standby.
+
+    ``servers``: model -> nodes serving it now (routable); ``on_disk`` and ``catalog`` in a stable
+    order (the spread picks by index).
+    """
+    h = node_hash(node_id)
+    fitting = [m for m in on_disk if _fits(m.size_bytes, capacity)]
+    wanted = [
+        m
+        for m in fitting
+        if m.size_bytes >= MIN_ON_DISK_BYTES
+        and (d := demand.get(m.name)) is not None
+        and d.active(now)
+        and servers.get(m.name, 0) == 0
+    ]
+    if wanted:
+        pick = wanted[h % len(wanted)]
+        return Assignment(
+            AssignmentKind.SERVE, pick.name, "requested in the mesh, served by nobody, on disk"
+        )
+    most = max(servers.values(), default=0)
+    under = [m for m in fitting if servers.get(m.name, 0) < most]
+    if under:
+        under.sort(
+            key=lambda m: (
+                servers.get(m.name, 0),
+                -(demand[m.name].request_count if m.name in demand else 0),
+            )
+        )
+        pick = under[0]
+        return Assignment(
+            AssignmentKind.SERVE,
+            pick.name,
+            f"under-served ({servers.get(pick.name, 0)} of up to {most} servers), on disk",
+        )
+    downloadable = [
+        m for m in catalog if servers.get(m.name, 0) == 0 and _fits(m.size_bytes, capacity)
+    ]
+    if downloadable:
+        pick = downloadable[h % len(downloadable)]
+        return Assignment(AssignmentKind.DOWNLOAD, pick.name, "unserved catalog model that fits")
+    return Assignment(AssignmentKind.STANDBY, None, "nothing unserved fits here: standby")
+
+
+def check_unserved_model(
+    *,
+    capacity: int,
+    demand: Mapping[str, DemandView],
+    servers: Mapping[str, int],
+    on_disk: Sequence[LocalModel],
+    now: float,
+) -> Assignment:
+    """Whether a standby node should start serving, and what (spec §7); never a download."""
+    fitting = {m.name for m in on_disk if _fits(m.size_bytes, capacity)}
+    unserved = [
+        (d.request_count, name)
+        for name, d in demand.items()
+        if name in fitting and d.request_count > 0 and servers.get(name, 0) == 0
+    ]
+    if unserved:
+        count, name = max(unserved)
+        return Assignment(AssignmentKind.SERVE, name, f"{count} requests and no server in the mesh")
+    loads = sorted(
+        (d.request_count / servers[name], name)
+        for name, d in demand.items()
+        if servers.get(name, 0) > 0
+        and d.request_count > 0
+        and now - d.last_active < PROMOTION_WINDOW_S
+    )
+    candidates = [(load, name) for load, name in loads if name in fitting]
+    if not candidates:
+        return Assignment(AssignmentKind.STANDBY, None, "no recent demand for a model on disk here")
+    hottest_load, hottest = candidates[-1]
+    coldest_load = loads[0][0]
+    if len(loads) == 1:
+        hot = hottest_load >= MIN_HOT_REQUESTS
+    else:
+        hot = hottest_load >= HOT_RATIO * coldest_load and hottest_load >= MIN_HOT_REQUESTS
+    if hot:
+        return Assignment(
+            AssignmentKind.SERVE,
+            hottest,
+            f"{hottest_load:.0f} requests per server, the hottest model on disk here",
+        )
+    return Assignment(AssignmentKind.STANDBY, None, "demand is balanced")
