@@ -58,9 +58,6 @@ __all__ = ["MeshService"]
 
 log = logging.getLogger(__name__)
 
-TYPE_BYTE_TIMEOUT_S = 10.0
-FRAME_READ_TIMEOUT_S = 10.0
-TUNNEL_OPEN_TIMEOUT_S = 5.0
 MAX_STREAM_TASKS_PER_CONN = 1024
 
 
@@ -160,7 +157,7 @@ class MeshService:
         sends = [self._send_oneway(state.conn, frame) for state in list(self._conns.values())]
         if sends:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
+                async with asyncio.timeout(self.membership.timing.leave_send_timeout):
                     await asyncio.gather(*sends, return_exceptions=True)
             await asyncio.sleep(self.membership.timing.leave_flush)
 
@@ -300,7 +297,7 @@ class MeshService:
 
     async def _send_oneway(self, conn: Conn, frame: bytes) -> None:
         try:
-            async with asyncio.timeout(3.0):
+            async with asyncio.timeout(self.membership.timing.oneway_send_timeout):
                 stream = await conn.open_bi()
                 await stream.write(frame)
                 await stream.finish()
@@ -348,7 +345,7 @@ class MeshService:
         if conn is None:
             raise TransportError(f"no connection to {_short(peer)}")
         try:
-            async with asyncio.timeout(TUNNEL_OPEN_TIMEOUT_S):
+            async with asyncio.timeout(self.membership.timing.tunnel_open_timeout):
                 stream = await conn.open_bi()
                 await stream.write(bytes([kind]))
         except TimeoutError as exc:
@@ -367,7 +364,7 @@ class MeshService:
         if conn is None:
             raise TransportError("no connection")
         request = encode_route_table_request(RouteTableRequest(self.transport.node_id_bytes))
-        async with asyncio.timeout(FRAME_READ_TIMEOUT_S):
+        async with asyncio.timeout(self.membership.timing.frame_read_timeout):
             stream = await conn.open_bi()
             async with stream:
                 await stream.write(encode_frame(StreamType.ROUTE_REQUEST, request))
@@ -379,7 +376,7 @@ class MeshService:
     async def _handle_stream(self, conn: Conn, stream: BiStream) -> None:
         peer = conn.remote_id_bytes
         try:
-            async with asyncio.timeout(TYPE_BYTE_TIMEOUT_S):
+            async with asyncio.timeout(self.membership.timing.stream_type_timeout):
                 first = await stream.read_exact(1)
             self.membership.heard_from(peer, self._clock())
             kind = first[0]
@@ -417,7 +414,7 @@ class MeshService:
                 await stream.reset(3)
 
     async def _read_frame_timed(self, stream: BiStream) -> bytes:
-        async with asyncio.timeout(FRAME_READ_TIMEOUT_S):
+        async with asyncio.timeout(self.membership.timing.frame_read_timeout):
             return await _read_frame(stream)
 
     async def _serve_gossip(self, peer: bytes, stream: BiStream) -> None:

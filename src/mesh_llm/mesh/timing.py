@@ -49,6 +49,16 @@ class Timing:
     join_connect_timeout: float = 15.0
     connect_timeout: float = 10.0
     gossip_timeout: float = 10.0
+    stream_type_timeout: float = 10.0
+    """An accepted stream whose type byte has not arrived after this long is dropped."""
+    frame_read_timeout: float = 10.0
+    """A control frame (PeerDown, PeerLeaving, route request) must arrive within this."""
+    tunnel_open_timeout: float = 5.0
+    """Opening a tunnel or RPC stream to a connected peer gives up after this."""
+    oneway_send_timeout: float = 3.0
+    """Sending one PeerDown or PeerLeaving frame gives up after this."""
+    leave_send_timeout: float = 1.0
+    """Shutdown waits at most this long for the PeerLeaving frames to be sent."""
 
     # Death and leaving
     peer_down_confirm: float = 3.0
