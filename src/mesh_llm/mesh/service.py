@@ -37,6 +37,7 @@ from mesh_llm.protocol import (
     PRE_ADMISSION_STREAM_TYPES,
     EndpointAddrInfo,
     PeerDown,
+    PeerId,
     PeerLeaving,
     RouteTableRequest,
     StreamType,
@@ -352,9 +353,8 @@ class MeshService:
             raise TransportError(f"opening a stream to {_short(peer)} timed out") from exc
         return stream
 
-    async def open_http_tunnel(self, peer_hex: str) -> TunnelStream:
+    async def open_http_tunnel(self, peer: PeerId) -> TunnelStream:
         """Open an HTTP tunnel (0x04) to ``peer``'s ingress; raises TransportError on failure."""
-        peer = bytes.fromhex(peer_hex)
         stream = await self.open_stream(peer, StreamType.TUNNEL_HTTP)
         return TunnelStream(stream, self.traffic.setdefault(peer, PeerTraffic()))
 

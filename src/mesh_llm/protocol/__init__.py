@@ -68,6 +68,7 @@ from mesh_llm.protocol.streams import (
 from mesh_llm.protocol.token import (
     EndpointAddrInfo,
     InvalidTokenError,
+    PeerId,
     decode_addr_json,
     decode_token,
     encode_addr_json,
@@ -111,6 +112,7 @@ __all__ += [
     "NodeRole",
     "PeerAnnouncement",
     "PeerDown",
+    "PeerId",
     "PeerLeaving",
     "RouteEntry",
     "RouteTable",

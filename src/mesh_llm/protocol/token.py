@@ -17,7 +17,7 @@ import binascii
 import ipaddress
 import json
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NewType
 from urllib.parse import urlsplit
 
 from mesh_llm.errors import ProtocolError
@@ -26,6 +26,7 @@ __all__ = [
     "MAX_TOKEN_CHARS",
     "EndpointAddrInfo",
     "InvalidTokenError",
+    "PeerId",
     "decode_addr_json",
     "decode_token",
     "encode_addr_json",
@@ -38,6 +39,11 @@ MAX_TOKEN_CHARS: Final = 16 * 1024
 
 _ID_BYTES: Final = 32
 _HEX_CHARS: Final = frozenset("0123456789abcdefABCDEF")
+
+
+PeerId = NewType("PeerId", bytes)
+"""A node's 32-byte endpoint id (its public key). Hex appears only at the edges: JSON, logs,
+routing keys, tokens."""
 
 
 class InvalidTokenError(ProtocolError):

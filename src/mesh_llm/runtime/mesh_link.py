@@ -27,6 +27,7 @@ from mesh_llm.protocol import (
     EndpointAddrInfo,
     NodeRole,
     PeerAnnouncement,
+    PeerId,
     decode_token,
     encode_token,
     named_mesh_id,
@@ -154,7 +155,7 @@ class MeshLink:
             return
         self.service.apply(self.membership.update_self(announcement, time.monotonic()))
 
-    def refresh_after_failure(self, peer_hex: str | None) -> None:
+    def refresh_after_failure(self, failed: PeerId | None) -> None:
         """A routing target failed: gossip with one peer in the background so the view catches
         up (docs/DESIGN.md, "Routing pipeline", step 4) — the failed peer itself when we still
         hold a connection to it (its gossip tells whether it still hosts), otherwise any
@@ -163,7 +164,6 @@ class MeshLink:
         if membership is None or service is None:
             return
         candidates = [p for p in membership.peer_ids() if service.is_connected(p)]
-        failed = bytes.fromhex(peer_hex) if peer_hex else None
         peer = failed if failed in candidates else (candidates[0] if candidates else None)
         if peer is not None:
             service.apply([SendGossip(peer, discover=False)])
@@ -199,9 +199,8 @@ class MeshLink:
                     ctx = next(
                         (s.context_length for s in ann.served_models if s.name == model), None
                     )
-                hex_id = peer.hex()
                 targets.setdefault(model, []).append(
-                    Target(model, f"peer:{hex_id}", None, hex_id, ctx)
+                    Target(model, f"peer:{peer.hex()}", None, PeerId(peer), ctx)
                 )
         return targets
 

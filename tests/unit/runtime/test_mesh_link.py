@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mesh_llm.mesh import Action, Membership, SendGossip
-from mesh_llm.protocol import GossipFrame, NodeRole, PeerAnnouncement
+from mesh_llm.protocol import GossipFrame, NodeRole, PeerAnnouncement, PeerId
 from mesh_llm.runtime.config import NodeConfig
 from mesh_llm.runtime.mesh_link import MeshLink
 
@@ -39,13 +39,13 @@ def link_with(connected: set[bytes], tmp_path: Path) -> tuple[MeshLink, FakeServ
 
 def test_gossips_with_the_failed_peer_when_still_connected(tmp_path: Path) -> None:
     link, service = link_with({A, B}, tmp_path)
-    link.refresh_after_failure(B.hex())
+    link.refresh_after_failure(PeerId(B))
     assert service.applied == [SendGossip(B, discover=False)]
 
 
 def test_falls_back_to_another_connected_member(tmp_path: Path) -> None:
     link, service = link_with({A}, tmp_path)
-    link.refresh_after_failure(B.hex())
+    link.refresh_after_failure(PeerId(B))
     assert service.applied == [SendGossip(A, discover=False)]
 
 

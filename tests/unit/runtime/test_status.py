@@ -11,7 +11,7 @@ from mesh_llm import __version__
 from mesh_llm.inference import Backend, BackendBinaries, Plan, PlanKind, ServerState
 from mesh_llm.mesh import JoinState, JoinStatus, PeerView
 from mesh_llm.network import RoutingSnapshot, Target
-from mesh_llm.protocol import NodeRole
+from mesh_llm.protocol import NodeRole, PeerId
 from mesh_llm.runtime import status as render
 from mesh_llm.runtime.states import ModelRole, NodeState, RunnerMode, RunnerState, runner_state
 from mesh_llm.runtime.view import NodeView, PeerRow, RunnerView, node_state
@@ -289,7 +289,10 @@ def test_runner_state(
 
 def test_models_listing_from_the_routing_snapshot() -> None:
     targets = {
-        "m": [Target("m", "local:1", 1, None, 4096), Target("m", "peer:x", None, "x", 2048)],
+        "m": [
+            Target("m", "local:1", 1, None, 4096),
+            Target("m", f"peer:{B.hex()}", None, PeerId(B), 2048),
+        ],
         "gone": [],
     }
     listing = render.models_listing(RoutingSnapshot(targets=targets, serving=True), 1000.9)

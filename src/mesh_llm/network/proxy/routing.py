@@ -12,6 +12,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from mesh_llm.protocol import PeerId
+
 BYTES_PER_TOKEN = 4
 """Rough request-size-to-tokens ratio used for the context-fit estimate."""
 CONTEXT_HEADROOM_TOKENS = 256
@@ -56,7 +58,7 @@ class Target:
     """Stable id: ``local:<port>`` or ``peer:<hex id>``."""
     local_port: int | None
     """Set for a llama-server on 127.0.0.1 of this node."""
-    peer_id: str | None
+    peer_id: PeerId | None
     """Set for a model served by another mesh node."""
     context_length: int | None
 

@@ -19,6 +19,7 @@ from mesh_llm.network.proxy.routing import (
     required_context,
     snapshot_for_path,
 )
+from mesh_llm.protocol import PeerId
 
 
 def local(model: str, port: int, ctx: int | None = None) -> Target:
@@ -29,7 +30,11 @@ def local(model: str, port: int, ctx: int | None = None) -> Target:
 
 def peer(model: str, peer_id: str, ctx: int | None = None) -> Target:
     return Target(
-        model=model, key=f"peer:{peer_id}", local_port=None, peer_id=peer_id, context_length=ctx
+        model=model,
+        key=f"peer:{peer_id}",
+        local_port=None,
+        peer_id=PeerId(peer_id.encode()),
+        context_length=ctx,
     )
 
 
@@ -216,7 +221,7 @@ def test_crashed_local_model_gets_no_fallback_and_a_503_with_the_reason() -> Non
     snapshot = RoutingSnapshot({"a": [other]}, serving=True, down={"b": reason})
     assert choose_candidates(snapshot, "b", 10, None) == ("b", [])
     assert no_target_error(snapshot, "b") == f"Model 'b' is not available on this node: {reason}"
-    remote_b = Target("b", "peer:x", None, "x", 4096)
+    remote_b = Target("b", "peer:x", None, PeerId(b"x"), 4096)
     served_elsewhere = RoutingSnapshot(
         {"a": [other], "b": [remote_b]}, serving=True, down={"b": reason}
     )
