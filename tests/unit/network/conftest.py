@@ -7,23 +7,39 @@ import shutil
 from collections.abc import AsyncIterator
 
 import pytest
+from iroh import iroh_ffi
 
 from mesh_llm.network.relay import native as native_relay
-from mesh_llm.network.transport import BiStream, Conn, Transport
+from mesh_llm.network.transport import BiStream, Conn, Transport, _iroh_async
 
 STEP = 10.0  # generous bound for any single loopback operation
 
 
-@pytest.fixture(params=["python", "native"])
+@pytest.fixture(params=["python", "native", "generated"])
 def relay_loops(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run the test with the relay threads' loops in Python, then in C (``native_relay``)."""
-    if request.param == "python":
+    """Run the test with the relay threads' loops in Python, then in C (``native_relay``), then
+    in Python over the bindings as shipped (no inline driver, no direct calls: the fallback)."""
+    if request.param in ("python", "generated"):
         monkeypatch.setattr(native_relay, "_lib", None)
+    if request.param == "generated":
+        use_generated_driver(monkeypatch)
+    elif request.param == "python":
+        pass
+    elif native_relay._disabled():
+        pytest.skip("the native relay is switched off (MESH_LLM_NATIVE_RELAY)")
     elif shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler: the native relay cannot be built here")
     elif not native_relay.load():
         pytest.fail(f"the native relay did not load: {native_relay.unavailable_reason()}")
     return request.param
+
+
+def use_generated_driver(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Until the test ends, the bindings run their own async driver, as when the fast path is
+    off or does not recognise them (transports bound meanwhile do not install it)."""
+    monkeypatch.setattr(iroh_ffi, "_uniffi_rust_call_async", _iroh_async.generated_driver())
+    monkeypatch.setattr(_iroh_async, "install", lambda: False)
+    assert not _iroh_async.is_installed()
 
 
 @pytest.fixture

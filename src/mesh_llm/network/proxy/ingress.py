@@ -218,7 +218,7 @@ class _StreamClient(_Client):
 
     def native_sink(self) -> NativeEnd | None:
         """The tunnel's send half and byte counter, for the C relay loop."""
-        return self.stream.native_send(), self.counter.add_sent if self.counter else None
+        return self.stream.send_handle(), self.counter.add_sent if self.counter else None
 
     async def wait_gone(self) -> None:
         with contextlib.suppress(TransportError):

@@ -6,7 +6,6 @@ import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from mesh_llm.errors import TransportError
 from mesh_llm.network.transport import BiStream
@@ -55,9 +54,9 @@ class TunnelStream:
         self._traffic.add_received(len(data))
         return data
 
-    def native_source(self) -> tuple[Any, Callable[[int], None]]:
+    def native_source(self) -> tuple[int, Callable[[int], None]]:
         """The tunnel's receive half and byte counter, for the C relay loop."""
-        return self._stream.native_recv(), self._traffic.add_received
+        return self._stream.recv_handle(), self._traffic.add_received
 
     async def aclose(self) -> None:
         with contextlib.suppress(TransportError):

@@ -2,21 +2,24 @@
 
 A relay thread moves each streamed token from one end to the other: a socket to a socket (a
 local llama-server to the client), a socket into an iroh stream (a host node answering a
-tunnelled request) or an iroh stream into a socket (the client's node). Written in Python with
-:mod:`.iroh_direct`'s FFI calls, the interpreter was about a third of both mesh-llm processes'
-CPU per tunnelled token (perf, synthetic model: 36% libpython, 5% ctypes and libffi), and on a
+tunnelled request) or an iroh stream into a socket (the client's node). In Python the interpreter
+was about a third of both mesh-llm processes' CPU per tunnelled token (docs/DESIGN.md), and on a
 machine whose cores llama-server keeps busy that CPU is taken from inference. The C loops make
-the same socket calls and the same uniffi calls (clone the object handle, start the Rust future,
-poll it with a continuation that signals a condition variable, complete it, free it). The
-caller's ``observe`` (chunk framing, byte counts) gets the relayed bytes in order but in
-batches, at most 100 ms or 32 KiB apart and always before a loop returns: a few calls into
+the same socket calls and the same uniffi calls as the transport's direct calls (clone the object
+handle, start the Rust future, poll it with a continuation that signals a condition variable,
+complete it, free it), through the entry points :func:`~mesh_llm.network.transport.ffi_streams`
+hands out. The caller's ``observe`` (chunk framing, byte counts) gets the relayed bytes in order
+but in batches, at most 100 ms or 32 KiB apart and always before a loop returns: a few calls into
 Python per second instead of one per token.
 
-The library is built from the packaged source with the system C compiler (``cc``) into
-``cache_dir()/native`` under a name derived from the source's hash, by ``mesh-llm backend
-install`` or in the background at node start (:func:`prepare`). Without a compiler, with
-``MESH_LLM_NATIVE_RELAY=0``, or with bindings that do not match :mod:`.iroh_direct`'s checks, the
-relays stay in Python: :func:`available` and :func:`streams_available` say which.
+The library is built from the packaged source with the system C compiler (``cc``, warnings on:
+:data:`CFLAGS`) into ``cache_dir()/native`` under a name derived from the source's hash, by
+``mesh-llm backend install`` or in the background at node start (:func:`prepare`). Without a
+compiler, with ``MESH_LLM_NATIVE_RELAY=0``, the relays stay in Python; so do the stream loops
+while the iroh fast path is off or the bindings do not match: their entry points' C types
+(checked by the transport) and uniffi's ``RustBuffer``/``RustCallStatus`` layout, which the
+library reports as it was compiled and which must equal the bindings' ctypes definitions.
+:func:`available`, :func:`streams_available` and :func:`status` say which, and why.
 
 A client that stops reading is not handled here: the socket loop returns what the socket did not
 take (:meth:`NativeRelay.stream_to_socket`) and the caller drains the stream meanwhile.
@@ -33,11 +36,11 @@ import shutil
 import socket
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from mesh_llm.network.transport import _iroh_direct as iroh_direct
+from mesh_llm.network.transport import LAYOUT_KEYS, FfiStreams, ffi_streams
 from mesh_llm.system import cache_dir
 
 __all__ = [
@@ -47,11 +50,13 @@ __all__ = [
     "RelaySourceError",
     "available",
     "build",
+    "compile_command",
     "library_path",
     "load",
     "prepare",
     "status",
     "streams_available",
+    "streams_unavailable_reason",
     "unavailable_reason",
 ]
 
@@ -59,8 +64,9 @@ log = logging.getLogger(__name__)
 
 SOURCE: Final = Path(__file__).with_name("native_relay.c")
 _ENV: Final = "MESH_LLM_NATIVE_RELAY"
-_ABI: Final = 1
+_ABI: Final = 2
 _BUILD_TIMEOUT_S: Final = 120
+CFLAGS: Final = ("-O2", "-fPIC", "-shared", "-pthread", "-Wall", "-Wextra")
 
 # Result codes of the C loops.
 _END, _SOURCE_FAILED, _SINK_FAILED, _CANCELLED, _STALLED, _OBSERVE_FAILED = range(6)
@@ -80,7 +86,7 @@ class RelayCancelledError(Exception):
 
 _OBSERVE: Final = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t)
 
-_API_FIELDS: Final = (
+_API_FIELDS: Final = (  # the C library's Api struct, in order
     ("clone_send", "uniffi_iroh_ffi_fn_clone_sendstream"),
     ("clone_recv", "uniffi_iroh_ffi_fn_clone_recvstream"),
     ("buffer_alloc", "ffi_iroh_ffi_rustbuffer_alloc"),
@@ -102,8 +108,9 @@ class _Api(ctypes.Structure):
 
 _lock = threading.Lock()
 _lib: Any = None
-_streams = False
+_ffi: FfiStreams | None = None  # set once the stream loops are bound
 _failure: str | None = None
+_streams_failure: str | None = None
 
 
 def library_path() -> Path:
@@ -123,7 +130,7 @@ def build() -> Path:
         raise OSError("no C compiler (cc) on PATH")
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    command = [compiler, "-O2", "-fPIC", "-shared", "-pthread", "-o", str(partial), str(SOURCE)]
+    command = compile_command(compiler, partial)
     try:
         done = subprocess.run(
             command, capture_output=True, text=True, timeout=_BUILD_TIMEOUT_S, check=False
@@ -139,6 +146,12 @@ def build() -> Path:
         if old != target:  # built from an earlier source (a running node keeps its mapping)
             old.unlink(missing_ok=True)
     return target
+
+
+def compile_command(compiler: str, output: Path, *, werror: bool = False) -> list[str]:
+    """The compiler's argv that builds the library into ``output`` (``-Werror`` in tests)."""
+    flags = [*CFLAGS, "-Werror"] if werror else list(CFLAGS)
+    return [compiler, *flags, "-o", str(output), str(SOURCE)]
 
 
 def _disabled() -> bool:
@@ -189,21 +202,33 @@ def available() -> bool:
 
 def streams_available() -> bool:
     """The loops that read or write iroh streams are loaded and bound to the bindings (done
-    on the first call after :mod:`.iroh_async`'s driver is installed)."""
-    global _streams
+    on the first call once the transport offers its stream calls, if the layouts agree)."""
+    global _ffi, _streams_failure
     if _lib is None:
         return False
-    if _streams:
+    if _ffi is not None:
         return True
     with _lock:
-        if not _streams and iroh_direct.available():
-            _init_streams(_lib)
-            _streams = True
-    return _streams
+        if _ffi is None and _streams_failure is None and (offered := ffi_streams()) is not None:
+            mismatch = layout_mismatch(compiled_layout(_lib), offered.layout)
+            if mismatch is not None:
+                _streams_failure = f"uniffi struct layout differs: {mismatch}"
+                log.warning("native relay: stream loops stay in Python: %s", _streams_failure)
+            else:
+                _init_streams(_lib, offered)
+                _ffi = offered
+    return _ffi is not None
 
 
 def unavailable_reason() -> str | None:
     return _failure
+
+
+def streams_unavailable_reason() -> str | None:
+    """Why the stream loops are not in C (None while they are, or the library is not loaded)."""
+    if _lib is None or streams_available():
+        return None
+    return _streams_failure or "the iroh fast path is off or does not match the bindings"
 
 
 def status() -> dict[str, object]:
@@ -212,13 +237,35 @@ def status() -> dict[str, object]:
         "native": available(),
         "native_streams": streams_available(),
         "reason": None if available() else (_failure or "not built yet"),
+        "streams_reason": streams_unavailable_reason(),
     }
+
+
+def compiled_layout(lib: Any) -> dict[str, int]:
+    """uniffi's struct layout as the loaded library was compiled (:data:`LAYOUT_KEYS`)."""
+    values = (ctypes.c_uint64 * len(LAYOUT_KEYS))()
+    count = lib.native_relay_layout(values, len(LAYOUT_KEYS))
+    if count != len(LAYOUT_KEYS):
+        return {"fields": count}
+    return dict(zip(LAYOUT_KEYS, values, strict=True))
+
+
+def layout_mismatch(compiled: dict[str, int], bindings: Mapping[str, int]) -> str | None:
+    """What differs between the C library's layout and the bindings' (None: nothing)."""
+    differing = [
+        f"{key} C {compiled.get(key)} != bindings {bindings.get(key)}"
+        for key in (*LAYOUT_KEYS, *compiled)
+        if compiled.get(key) != bindings.get(key)
+    ]
+    return "; ".join(dict.fromkeys(differing)) or None
 
 
 def _declare(lib: Any) -> None:
     vp, i, sz = ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t
     status = ctypes.c_void_p
     lib.native_relay_abi.argtypes, lib.native_relay_abi.restype = (), i
+    lib.native_relay_layout.argtypes = (ctypes.POINTER(ctypes.c_uint64), sz)
+    lib.native_relay_layout.restype = sz
     lib.native_relay_init.argtypes, lib.native_relay_init.restype = (ctypes.POINTER(_Api),), None
     lib.native_relay_new.argtypes, lib.native_relay_new.restype = (), vp
     lib.native_relay_free.argtypes, lib.native_relay_free.restype = (vp,), None
@@ -241,13 +288,12 @@ def _declare(lib: Any) -> None:
     lib.native_relay_stream_to_socket.restype = i
 
 
-def _init_streams(lib: Any) -> None:
-    """Hand the bindings' entry points to the library (:mod:`.iroh_direct` has checked them:
-    same entry points, argument types and encoding of ``bytes``)."""
-    ffi = iroh_direct.ffi_library()
+def _init_streams(lib: Any, ffi: FfiStreams) -> None:
+    """Hand the bindings' entry points to the library (the transport has checked them: same
+    entry points, C types and encoding of ``bytes``)."""
     api = _Api()
     for field, name in _API_FIELDS:
-        setattr(api, field, ctypes.cast(getattr(ffi, name), ctypes.c_void_p).value)
+        setattr(api, field, ffi.entry_points[name])
     lib.native_relay_init(ctypes.byref(api))
 
 
@@ -313,51 +359,52 @@ class NativeRelay:
         result, code = self._run(
             _lib.native_relay_socket_to_socket, source.fileno(), sink.fileno(), size, callback
         )
-        _raise_for(result, code, errors, None, "socket")
+        _raise_for(result, code, errors, None, None, "socket")
 
     def socket_to_stream(
         self,
         source: socket.socket,
-        send: Any,
+        send: int,
         size: int,
         observe: Callable[[bytes], None] | None,
     ) -> None:
-        """Relay until ``source`` ends, each chunk as one ``write_all`` on the iroh ``send``
-        stream."""
-        _require_streams()
+        """Relay until ``source`` ends, each chunk as one ``write_all`` on the iroh stream whose
+        send half's handle is ``send`` (``BiStream.send_handle``)."""
+        ffi = _require_streams()
         callback, errors = _callback(observe)
-        status = iroh_direct.call_status()
+        status = ffi.call_status()
         result, code = self._run(
             _lib.native_relay_socket_to_stream,
             source.fileno(),
-            send._handle,
+            send,
             size,
             callback,
             ctypes.addressof(status),
         )
-        _raise_for(result, code, errors, status, "stream write")
+        _raise_for(result, code, errors, ffi, status, "stream write")
 
     def stream_to_socket(
         self,
-        recv: Any,
+        recv: int,
         limit: int,
         sink: socket.socket,
         observe: Callable[[bytes], None] | None,
     ) -> bytes | None:
-        """Relay reads of up to ``limit`` bytes from the iroh ``recv`` stream into ``sink``
+        """Relay reads of up to ``limit`` bytes from the iroh stream whose receive half's handle is
+        ``recv`` (``BiStream.recv_handle``) into ``sink``
         (non-blocking sends) until the stream ends (None), or until ``sink`` does not take a
         whole chunk: then the bytes it did not take are returned and the caller takes over
         until the client catches up."""
-        _require_streams()
+        ffi = _require_streams()
         tail = self._tail
         if tail is None or len(tail) < limit:
             tail = self._tail = ctypes.create_string_buffer(limit)
         callback, errors = _callback(observe)
-        status = iroh_direct.call_status()
+        status = ffi.call_status()
         tail_len = ctypes.c_size_t(0)
         result, code = self._run(
             _lib.native_relay_stream_to_socket,
-            recv._handle,
+            recv,
             limit,
             sink.fileno(),
             callback,
@@ -367,11 +414,18 @@ class NativeRelay:
         )
         if result == _STALLED:
             return tail.raw[: tail_len.value]
-        _raise_for(result, code, errors, status, "stream read")
+        _raise_for(result, code, errors, ffi, status, "stream read")
         return None
 
 
-def _raise_for(result: int, code: int, errors: list[BaseException], status: Any, what: str) -> None:
+def _raise_for(
+    result: int,
+    code: int,
+    errors: list[BaseException],
+    ffi: FfiStreams | None,
+    status: Any,
+    what: str,
+) -> None:
     """Raise what a loop's result means (nothing at the end of the source)."""
     if result == _END:
         return
@@ -380,16 +434,17 @@ def _raise_for(result: int, code: int, errors: list[BaseException], status: Any,
     if result == _CANCELLED:
         raise RelayCancelledError("cancelled")
     failure = RelaySourceError if result == _SOURCE_FAILED else RelaySinkError
-    if status is not None and status.code:
-        raise failure(f"{what}: {iroh_direct.describe_status(status)}")
+    if ffi is not None and status is not None and status.code:
+        raise failure(f"{what}: {ffi.describe(status)}")
     if code:  # EPROTO: a malformed result buffer
         raise failure(OSError(code, os.strerror(code)))
     raise failure(f"unexpected relay result {result}")
 
 
-def _require_streams() -> None:
-    if not streams_available():
+def _require_streams() -> FfiStreams:
+    if not streams_available() or _ffi is None:
         raise RuntimeError("the native relay's stream loops are not bound to the iroh bindings")
+    return _ffi
 
 
 def _callback(observe: Callable[[bytes], None] | None) -> tuple[Any, list[BaseException]]:

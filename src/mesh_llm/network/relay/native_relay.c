@@ -11,7 +11,11 @@
  * gets the relayed bytes in batches (at most OBSERVE_BATCH_BYTES or OBSERVE_BATCH_NS apart, and
  * always before a loop returns), so no Python runs for most chunks.
  *
- * No Python headers: plain C and pthreads.
+ * The uniffi structs below are declared as uniffi lays them out; native_relay_layout() reports
+ * their sizes and offsets as compiled, and the loader refuses the stream loops unless they equal
+ * the bindings' own ctypes definitions.
+ *
+ * No Python headers: plain C and pthreads. Built with -Wall -Wextra (-Werror in the tests).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -23,6 +27,27 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <time.h>
+
+/* Where send() has no MSG_NOSIGNAL (macOS), the loops set SO_NOSIGPIPE on the sockets they
+ * write instead; a platform with neither is not supported (the build fails, relays stay in
+ * Python). */
+#ifndef MSG_NOSIGNAL
+#ifdef SO_NOSIGPIPE
+#define MSG_NOSIGNAL 0
+#define NEEDS_NOSIGPIPE 1
+#else
+#error "neither MSG_NOSIGNAL nor SO_NOSIGPIPE: no way to write a closed socket without SIGPIPE"
+#endif
+#endif
+
+static void no_sigpipe(int fd) {
+#ifdef NEEDS_NOSIGPIPE
+    int on = 1;
+    setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &on, sizeof(on));
+#else
+    (void)fd;
+#endif
+}
 
 typedef struct {
     uint64_t capacity;
@@ -90,7 +115,23 @@ typedef struct {
 static Api api;
 static int api_ready;
 
-int native_relay_abi(void) { return 1; }
+int native_relay_abi(void) { return 2; }
+
+#define FIELD(type, member) offsetof(type, member), sizeof(((type *)0)->member)
+
+/* The sizes and offsets of the uniffi structs as compiled, in the order of native.py's
+ * LAYOUT_KEYS; writes at most ``n`` and returns how many there are. */
+size_t native_relay_layout(uint64_t *out, size_t n) {
+    const uint64_t layout[] = {
+        sizeof(RustBuffer),     FIELD(RustBuffer, capacity),    FIELD(RustBuffer, len),
+        FIELD(RustBuffer, data), sizeof(RustCallStatus),         FIELD(RustCallStatus, code),
+        FIELD(RustCallStatus, error_buf),
+    };
+    size_t count = sizeof(layout) / sizeof(layout[0]);
+    for (size_t i = 0; i < n && i < count; i++)
+        out[i] = layout[i];
+    return count;
+}
 
 void native_relay_init(const Api *functions) {
     api = *functions;
@@ -262,6 +303,7 @@ int native_relay_socket_to_socket(Relay *relay, int source, int sink, size_t siz
         return RELAY_SOURCE_FAILED;
     }
     int result;
+    no_sigpipe(sink);
     for (;;) {
         ssize_t got = recv_some(source, buffer, size);
         if (got < 0) {
@@ -367,6 +409,7 @@ int native_relay_stream_to_socket(Relay *relay, uint64_t recv_stream, uint32_t l
     if ((relay->err = stream_loop_start(&batch, observe)) != 0)
         return RELAY_SOURCE_FAILED;
     int result;
+    no_sigpipe(sink);
     for (;;) {
         RustBuffer buffer = {0};
         result = stream_read(relay, recv_stream, limit, &buffer, status);

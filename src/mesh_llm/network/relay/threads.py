@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import queue
 import select
@@ -19,7 +20,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from mesh_llm.errors import MeshLlmError, TransportError
 from mesh_llm.network.relay import native as native_relay
@@ -45,6 +46,8 @@ __all__ = [
     "run_relay",
     "take_over_socket",
 ]
+
+log = logging.getLogger(__name__)
 
 RELAY_READ = 64 * 1024
 RELAY_IDLE_S = 600.0
@@ -189,8 +192,9 @@ def release_socket(sock: socket.socket) -> None:
     sock.close()
 
 
-NativeEnd = tuple[Any, Callable[[int], None] | None]
-"""An iroh stream half for :mod:`.native` and the byte counter to call per chunk."""
+NativeEnd = tuple[int, Callable[[int], None] | None]
+"""An iroh stream half's handle (``BiStream.send_handle``/``recv_handle``) for :mod:`.native`
+and the byte counter to call per chunk."""
 
 
 @runtime_checkable
@@ -403,8 +407,10 @@ async def run_relay(
     runs in the thread when it stops (then ``native``, the C state the pump used, is freed).
 
     A source failure (:class:`RelaySourceError`) raises TransportError here, a sink failure
-    (:class:`RelaySinkError`) :class:`ClientGoneError`. Cancelling calls ``on_cancel``, which
-    must make the thread's blocking calls return (and cancels ``native``'s waits).
+    (:class:`RelaySinkError`) :class:`ClientGoneError`; any other exception (a bug, in
+    ``observe`` say) is logged with its traceback and raised here as it is. Cancelling calls
+    ``on_cancel``, which must make the thread's blocking calls return (and cancels ``native``'s
+    waits).
     """
     loop = asyncio.get_running_loop()
     finished: asyncio.Future[BaseException | None] = loop.create_future()
@@ -419,6 +425,9 @@ async def run_relay(
             outcome = ClientGoneError(f"client write failed: {exc}")
         except RelayCancelledError:
             outcome = TransportError("relay cancelled")
+        except Exception as exc:
+            log.error("relay thread failed", exc_info=exc)
+            outcome = exc
         finally:  # also after a bug in ``observe``: the request must still end
             cleanup()
             if native is not None:

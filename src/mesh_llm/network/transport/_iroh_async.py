@@ -19,11 +19,15 @@ destroy one around every call (:func:`_keep_thread_state`). :func:`poll_blocking
 for a thread without a loop, used by :func:`run_blocking` and by :mod:`.iroh_direct`.
 
 It is installed only if the bindings carry the expected generated driver (checked by source).
+Without it (an iroh upgrade it does not recognise, or the fast path switched off),
+:class:`LoopCall` makes a blocking call through the bindings' own async API instead: the call
+runs as a task on the event loop that owns the stream, and the calling thread waits for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ctypes
 import inspect
@@ -32,18 +36,21 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from iroh import iroh_ffi
 
 __all__ = [
     "BlockingCallCancelledError",
     "BlockingCallTimeoutError",
+    "LoopCall",
+    "generated_driver",
     "install",
     "is_installed",
     "needs_install",
     "poll_blocking",
     "run_blocking",
+    "run_on_loop",
 ]
 
 T = TypeVar("T")
@@ -57,6 +64,7 @@ _NEEDED: Final = (
     "_uniffi_get_event_loop",
     "_UNIFFI_RUST_FUTURE_CONTINUATION_CALLBACK",
     "_UNIFFI_RUST_FUTURE_POLL_READY",
+    "_UNIFFI_GLOBAL_EVENT_LOOP",
 )
 
 
@@ -265,6 +273,99 @@ def run_blocking(
     raise RuntimeError("the call awaited something other than a Rust future")
 
 
+class LoopCall(Generic[T]):
+    """One call of the bindings (``call()``, a coroutine) run as a task on ``loop`` and waited
+    for from another thread: the fallback for :func:`run_blocking` when the inline driver is not
+    installed. Created on ``loop``'s own thread it could never be waited for: RuntimeError. A
+    closed loop counts as cancelled (:class:`BlockingCallCancelledError`).
+
+    Giving up a wait (:meth:`wait`) leaves the call running: under the bindings' own driver a
+    read can be READY (its bytes taken from the stream) before the task resumes, so cancelling
+    it could lose them. The caller keeps the call and waits again, or :meth:`cancel`s it when the
+    stream is abandoned.
+    """
+
+    __slots__ = ("_done", "_loop", "_task")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, call: Callable[[], Coroutine[Any, Any, T]]
+    ) -> None:
+        if asyncio._get_running_loop() is loop:
+            raise RuntimeError("a blocking stream call on its event loop's thread never returns")
+        self._loop = loop
+        self._done: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._task: asyncio.Task[T] | None = None
+        try:
+            loop.call_soon_threadsafe(self._start, call)
+        except RuntimeError:  # the loop is closed: so is the stream
+            raise BlockingCallCancelledError from None
+
+    def _start(self, call: Callable[[], Coroutine[Any, Any, T]]) -> None:
+        if self._done.cancelled():
+            return
+        self._task = self._loop.create_task(call())
+        self._task.add_done_callback(self._settle)
+
+    def _settle(self, task: asyncio.Task[T]) -> None:
+        if task.cancelled():
+            self._done.cancel()
+        elif (exc := task.exception()) is not None:
+            self._done.set_exception(exc)
+        else:
+            self._done.set_result(task.result())
+
+    def _give_up(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        else:
+            self._done.cancel()  # not started: it never will be
+
+    def wait(self, cancel: threading.Event | None = None, timeout: float | None = None) -> T:
+        """The call's result (or its exception), waiting on this thread. Setting ``cancel``
+        gives the wait up (within :data:`_CANCEL_POLL_S`) with
+        :class:`BlockingCallCancelledError`, ``timeout`` seconds with
+        :class:`BlockingCallTimeoutError`; the call goes on."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = _CANCEL_POLL_S
+            if deadline is not None:
+                wait = min(wait, max(deadline - time.monotonic(), 0.0))
+            try:
+                return self._done.result(timeout=wait)
+            except concurrent.futures.TimeoutError:
+                pass
+            except concurrent.futures.CancelledError:
+                raise BlockingCallCancelledError from None
+            if cancel is not None and cancel.is_set():
+                raise BlockingCallCancelledError
+            if deadline is not None and time.monotonic() >= deadline:
+                raise BlockingCallTimeoutError
+
+    async def result(self) -> T:
+        """The call's result, awaited on ``loop``."""
+        return await asyncio.wrap_future(self._done)
+
+    def cancel(self) -> None:
+        """Cancel the call (its Rust future is freed); from any thread."""
+        with contextlib.suppress(RuntimeError):  # a closed loop: the task will never run again
+            self._loop.call_soon_threadsafe(self._give_up)
+
+
+def run_on_loop(
+    loop: asyncio.AbstractEventLoop,
+    call: Callable[[], Coroutine[Any, Any, T]],
+    cancel: threading.Event | None = None,
+) -> T:
+    """Run ``call()`` to the end as a :class:`LoopCall`; setting ``cancel`` cancels it (for a
+    write: the stream is abandoned)."""
+    running = LoopCall(loop, call)
+    try:
+        return running.wait(cancel)
+    except BlockingCallCancelledError:
+        running.cancel()
+        raise
+
+
 def is_installed() -> bool:
     driver = getattr(iroh_ffi, "_uniffi_rust_call_async", None)
     return driver is not None and getattr(driver, _MARKER, False) is True
@@ -284,12 +385,22 @@ def needs_install() -> bool:
     )
 
 
+_generated: Any = None  # the bindings' own driver, kept when it is replaced
+
+
+def generated_driver() -> Any:
+    """The bindings' generated ``_uniffi_rust_call_async`` (replaced or not), for tests that run
+    the bindings as shipped."""
+    return _generated if is_installed() else iroh_ffi._uniffi_rust_call_async
+
+
 def install() -> bool:
     """Install the inline-continuation driver if the bindings need it; True if it did now."""
-    global _callback
+    global _callback, _generated
     if not needs_install():
         return False
     _callback = iroh_ffi._UNIFFI_RUST_FUTURE_CONTINUATION_CALLBACK(_continue)
+    _generated = iroh_ffi._uniffi_rust_call_async
     iroh_ffi._uniffi_rust_call_async = _call_async
     log.debug("iroh bindings: async calls resume inline when Rust answers during the poll")
     return True

@@ -30,7 +30,6 @@ from mesh_llm.network.transport import _iroh_async as iroh_async
 
 __all__ = [
     "available",
-    "call_status",
     "describe_error",
     "describe_status",
     "ffi_library",
@@ -40,20 +39,21 @@ __all__ = [
 
 _LEN: Final = struct.Struct(">i")
 _U64: Final = ctypes.c_uint64
-_ENTRY_POINTS: Final = {
-    "uniffi_iroh_ffi_fn_clone_sendstream": ("handle", "status"),
-    "uniffi_iroh_ffi_fn_clone_recvstream": ("handle", "status"),
-    "ffi_iroh_ffi_rustbuffer_alloc": ("u64", "status"),
-    "ffi_iroh_ffi_rustbuffer_free": ("buffer", "status"),
-    "uniffi_iroh_ffi_fn_method_sendstream_write_all": ("handle", "buffer"),
-    "uniffi_iroh_ffi_fn_method_recvstream_read": ("handle", "u32"),
-    "ffi_iroh_ffi_rust_future_poll_void": ("u64", "callback", "u64"),
-    "ffi_iroh_ffi_rust_future_complete_void": ("u64", "status"),
-    "ffi_iroh_ffi_rust_future_free_void": ("u64",),
-    "ffi_iroh_ffi_rust_future_poll_rust_buffer": ("u64", "callback", "u64"),
-    "ffi_iroh_ffi_rust_future_complete_rust_buffer": ("u64", "status"),
-    "ffi_iroh_ffi_rust_future_free_rust_buffer": ("u64",),
+ENTRY_POINTS: Final = {  # name: (result, arguments)
+    "uniffi_iroh_ffi_fn_clone_sendstream": ("handle", ("handle", "status")),
+    "uniffi_iroh_ffi_fn_clone_recvstream": ("handle", ("handle", "status")),
+    "ffi_iroh_ffi_rustbuffer_alloc": ("buffer", ("u64", "status")),
+    "ffi_iroh_ffi_rustbuffer_free": (None, ("buffer", "status")),
+    "uniffi_iroh_ffi_fn_method_sendstream_write_all": ("u64", ("handle", "buffer")),
+    "uniffi_iroh_ffi_fn_method_recvstream_read": ("u64", ("handle", "u32")),
+    "ffi_iroh_ffi_rust_future_poll_void": (None, ("u64", "callback", "u64")),
+    "ffi_iroh_ffi_rust_future_complete_void": (None, ("u64", "status")),
+    "ffi_iroh_ffi_rust_future_free_void": (None, ("u64",)),
+    "ffi_iroh_ffi_rust_future_poll_rust_buffer": (None, ("u64", "callback", "u64")),
+    "ffi_iroh_ffi_rust_future_complete_rust_buffer": ("buffer", ("u64", "status")),
+    "ffi_iroh_ffi_rust_future_free_rust_buffer": (None, ("u64",)),
 }
+"""The entry points the direct calls (and the C relay loops) make, with the C types they assume."""
 
 _local = threading.local()
 _checked: bool | None = None
@@ -66,11 +66,6 @@ def _status() -> Any:
         status = _local.status = iroh_ffi._UniffiRustCallStatus()
     status.code = 0
     return status
-
-
-def call_status() -> Any:
-    """A fresh call-status structure (success), for a call made outside this module."""
-    return iroh_ffi._UniffiRustCallStatus()
 
 
 def ffi_library() -> Any:
@@ -175,9 +170,10 @@ def _lift_bytes(buffer: Any) -> bytes:
     return ctypes.string_at(start + 4, size)
 
 
-def _signature_matches(name: str, kinds: tuple[str, ...]) -> bool:
+def _signature_matches(name: str, result: str | None, kinds: tuple[str, ...]) -> bool:
     lib = iroh_ffi._UniffiLib
-    expected = {
+    expected: dict[str | None, Any] = {
+        None: None,
         "handle": _U64,
         "u64": _U64,
         "u32": ctypes.c_uint32,
@@ -187,7 +183,11 @@ def _signature_matches(name: str, kinds: tuple[str, ...]) -> bool:
     }
     function = getattr(lib, name, None)
     argtypes = getattr(function, "argtypes", None)
-    return argtypes is not None and tuple(argtypes) == tuple(expected[k] for k in kinds)
+    return (
+        argtypes is not None
+        and tuple(argtypes) == tuple(expected[k] for k in kinds)
+        and getattr(function, "restype", None) == expected[result]
+    )
 
 
 def _encoding_matches() -> bool:
@@ -212,7 +212,7 @@ def available() -> bool:
     if _checked is None:
         try:
             _checked = (
-                all(_signature_matches(n, k) for n, k in _ENTRY_POINTS.items())
+                all(_signature_matches(n, r, k) for n, (r, k) in ENTRY_POINTS.items())
                 and _encoding_matches()
             )
         except (AttributeError, TypeError, ValueError, iroh_ffi.InternalError):

@@ -17,6 +17,14 @@ back within the timeout.
 
 Timeouts are the caller's: wrap calls in ``asyncio.timeout()``. A read cancelled mid-way may lose
 the bytes it had consumed, so a stream whose read timed out must be discarded.
+
+Fast path: unless switched off (``Transport.bind(patch_bindings=False)``, or
+``MESH_LLM_IROH_FAST=0`` in the environment, read by :func:`iroh_fast_path_enabled` only),
+binding an endpoint first replaces the bindings' byte-by-byte write copy (:mod:`._iroh_patch`)
+and their async driver (:mod:`._iroh_async`), each only if the installed bindings still have the
+code it replaces. Both are optional: without them every call goes through the bindings'
+generated code, and the blocking calls of relay threads run as tasks on the stream's event loop
+instead (slower, same results).
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
@@ -44,11 +52,13 @@ from mesh_llm.protocol.token import EndpointAddrInfo, InvalidTokenError
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_RELAY_URLS",
+    "IROH_FAST_ENV",
     "MAX_CONCURRENT_BI_STREAMS",
     "BiStream",
     "Conn",
     "Transport",
     "generate_key",
+    "iroh_fast_path_enabled",
     "load_or_create_key",
 ]
 
@@ -65,8 +75,16 @@ DEFAULT_CONNECT_TIMEOUT: Final = 15.0
 HANDSHAKE_TIMEOUT: Final = 10.0
 """Longest an inbound handshake may take before :meth:`Transport.accept` gives up on it."""
 
+IROH_FAST_ENV: Final = "MESH_LLM_IROH_FAST"
+"""``0``/``false``/``no``/``off`` switches the iroh fast path off (see the module doc)."""
+
 _PROBE_POLL_INTERVAL: Final = 0.01
 _KEY_BYTES: Final = 32
+
+
+def iroh_fast_path_enabled(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether :data:`IROH_FAST_ENV` leaves the fast path on (the default)."""
+    return environ.get(IROH_FAST_ENV, "").strip().lower() not in ("0", "false", "no", "off")
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,13 +158,17 @@ class BiStream:
 
     ``read`` returns at most ``n`` bytes and ``b""`` at end of stream; ``read_exact`` and
     ``read_to_end`` are bounded by their argument. Use as ``async with`` to close on exit.
+    Created on an event loop, which serves the blocking calls when the fast path is off.
     """
 
-    __slots__ = ("_eof", "_finished", "_recv", "_send")
+    __slots__ = ("_eof", "_finished", "_leftover", "_loop", "_pending_read", "_recv", "_send")
 
     def __init__(self, raw: Any) -> None:
         self._send = raw.send()
         self._recv = raw.recv()
+        self._loop = asyncio.get_running_loop()
+        self._pending_read: iroh_async.LoopCall[bytes] | None = None  # see _read_on_loop
+        self._leftover = b""
         self._finished = False
         self._eof = False
 
@@ -160,7 +182,10 @@ class BiStream:
         if n <= 0:
             raise ValueError("read size must be positive")
         with _translated("stream read"):
-            data: bytes = await self._recv.read(n)
+            if self._pending_read is not None or self._leftover:  # a relay thread gave up
+                data = await self._take_read(n)
+            else:
+                data = await self._recv.read(n)
         if not data:
             self._eof = True
         return data
@@ -171,8 +196,10 @@ class BiStream:
         with _translated("stream write"):
             if iroh_direct.available():
                 iroh_direct.write_all(self._send, data, cancel)
-            else:
+            elif iroh_async.is_installed():
                 iroh_async.run_blocking(self._send.write_all(data), cancel)
+            else:
+                iroh_async.run_on_loop(self._loop, lambda: self._send.write_all(data), cancel)
 
     def read_blocking(
         self, n: int, cancel: threading.Event | None = None, timeout: float | None = None
@@ -185,25 +212,68 @@ class BiStream:
         with _translated("stream read"):
             if iroh_direct.available():
                 data = iroh_direct.read(self._recv, n, cancel, timeout)
-            else:
+            elif iroh_async.is_installed():
                 data = iroh_async.run_blocking(self._recv.read(n), cancel, timeout)
+            else:
+                data = self._read_on_loop(n, cancel, timeout)
         if not data:
             self._eof = True
         return data
 
-    def native_send(self) -> Any:
-        """The bindings' send half, for :mod:`.native_relay`'s loops (which write like
-        :meth:`write_blocking`)."""
-        return self._send
+    def _read_on_loop(self, n: int, cancel: threading.Event | None, timeout: float | None) -> bytes:
+        """:meth:`read_blocking` through the bindings' own driver: the read runs on the loop. A
+        read given up stays pending, and the next read returns its bytes (a READY read cancelled
+        before it resumes would lose them)."""
+        if self._leftover:
+            data, self._leftover = self._leftover[:n], self._leftover[n:]
+            return data
+        if self._pending_read is None:
+            self._pending_read = iroh_async.LoopCall(self._loop, lambda: self._recv.read(n))
+        pending = self._pending_read
+        try:
+            data = pending.wait(cancel, timeout)
+        except (iroh_async.BlockingCallCancelledError, iroh_async.BlockingCallTimeoutError):
+            raise
+        except BaseException:
+            self._pending_read = None
+            raise
+        self._pending_read = None
+        return self._keep_rest(data, n)
 
-    def native_recv(self) -> Any:
-        """The bindings' receive half, for :mod:`.native_relay`'s loops (which read like
-        :meth:`read_blocking`)."""
-        return self._recv
+    async def _take_read(self, n: int) -> bytes:
+        if self._leftover:
+            data, self._leftover = self._leftover[:n], self._leftover[n:]
+            return data
+        pending = self._pending_read
+        assert pending is not None
+        try:
+            data = await pending.result()
+        finally:
+            self._pending_read = None
+        return self._keep_rest(data, n)
 
-    def native_source(self) -> tuple[Any, None]:
-        """:meth:`native_recv`, uncounted (see ``upstream.BlockingSource``)."""
-        return self._recv, None
+    def _keep_rest(self, data: bytes, n: int) -> bytes:
+        if len(data) > n:  # the pending read asked for more than this one
+            self._leftover = data[n:]
+            return data[:n]
+        return data
+
+    def send_handle(self) -> int:
+        """The send half's uniffi handle, for a loop that writes through
+        :func:`~mesh_llm.network.transport.ffi_streams` (like :meth:`write_blocking`); valid
+        while this stream lives."""
+        handle: int = self._send._handle
+        return handle
+
+    def recv_handle(self) -> int:
+        """The receive half's uniffi handle, for a loop that reads through
+        :func:`~mesh_llm.network.transport.ffi_streams` (like :meth:`read_blocking`)."""
+        handle: int = self._recv._handle
+        return handle
+
+    def native_source(self) -> tuple[int, None]:
+        """:meth:`recv_handle`, uncounted (a relay source, see ``relay.BlockingSource``)."""
+        return self.recv_handle(), None
 
     async def read_exact(self, n: int) -> bytes:
         """Exactly ``n`` bytes; :class:`TransportError` if the stream ends first."""
@@ -212,7 +282,14 @@ class BiStream:
         if n == 0:
             return b""
         with _translated("stream read_exact"):
-            data: bytes = await self._recv.read_exact(n)
+            head = b""
+            if self._pending_read is not None or self._leftover:  # a relay thread gave up
+                head = await self._take_read(n)
+                if not head:
+                    raise TransportError("stream read_exact: the stream ended first")
+            data: bytes = head
+            if len(head) < n:
+                data += await self._recv.read_exact(n - len(head))
         return data
 
     async def read_to_end(self, limit: int) -> bytes:
@@ -244,6 +321,9 @@ class BiStream:
 
     async def aclose(self) -> None:
         """Finish the send half and stop the receive half, ignoring an already-dead stream."""
+        if self._pending_read is not None:
+            self._pending_read.cancel()
+            self._pending_read = None
         with contextlib.suppress(TransportError):
             await self.finish()
         if not self._eof:
@@ -377,7 +457,7 @@ class Transport:
         no_relay: bool = False,
         bind_ip: str | None = None,
         bind_port: int | None = None,
-        patch_bindings: bool = True,
+        patch_bindings: bool | None = None,
     ) -> Transport:
         """Open the UDP sockets and return at once, without waiting for relays or the internet.
 
@@ -385,11 +465,13 @@ class Transport:
         (None means :data:`DEFAULT_RELAY_URLS`); ``no_relay`` or an empty list disables relays.
         ``bind_ip``/``bind_port``: the local address (default: all interfaces, ephemeral port;
         a port alone binds ``0.0.0.0:port``). iroh additionally binds the other address family
-        on an ephemeral port. ``patch_bindings`` applies :mod:`.iroh_patch` and
-        :mod:`.iroh_async` first.
+        on an ephemeral port. ``patch_bindings`` applies :mod:`._iroh_patch` and
+        :mod:`._iroh_async` first (the fast path; None: unless :data:`IROH_FAST_ENV` says off).
         """
         if secret_key is not None and len(secret_key) != _KEY_BYTES:
             raise ConfigError(f"secret key must be {_KEY_BYTES} bytes")
+        if patch_bindings is None:
+            patch_bindings = iroh_fast_path_enabled()
         if patch_bindings:
             iroh_patch.apply()
             iroh_async.install()

@@ -10,6 +10,7 @@ import re
 import shutil
 import socket
 import struct
+import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -24,8 +25,14 @@ from mesh_llm.network.relay.native import (
     RelaySinkError,
     RelaySourceError,
 )
-from mesh_llm.network.transport import BiStream, Transport
-from tests.unit.network.conftest import STEP, open_stream
+from mesh_llm.network.transport import (
+    BiStream,
+    FfiStreams,
+    Transport,
+    bindings_layout,
+    ffi_streams,
+)
+from tests.unit.network.conftest import STEP, open_stream, use_generated_driver
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -191,11 +198,11 @@ async def test_socket_to_stream_and_stream_to_socket_carry_every_byte(
             feeder = _send_then_close(source_in, chunks)
             into = asyncio.ensure_future(
                 asyncio.to_thread(
-                    relay.socket_to_stream, source, out.native_send(), 1 << 16, sent_seen.extend
+                    relay.socket_to_stream, source, out.send_handle(), 1 << 16, sent_seen.extend
                 )
             )
             outof = asyncio.ensure_future(
-                asyncio.to_thread(_stream_out, back, inbound.native_recv(), sink, received_seen)
+                asyncio.to_thread(_stream_out, back, inbound.recv_handle(), sink, received_seen)
             )
             reading = asyncio.ensure_future(asyncio.to_thread(_receive_all, sink_out))
             await into
@@ -224,7 +231,7 @@ async def test_a_client_that_does_not_read_gets_the_rest_handed_back(
     async with asyncio.timeout(STEP):
         await out.write(payload)
         rest = await asyncio.to_thread(
-            relay.stream_to_socket, inbound.native_recv(), 1 << 16, sink, None
+            relay.stream_to_socket, inbound.recv_handle(), 1 << 16, sink, None
         )
     assert rest  # the socket took part of a chunk: the rest comes back, nothing is lost
     sink.shutdown(socket.SHUT_WR)
@@ -247,7 +254,7 @@ async def _reading(
     try:
         yield (
             asyncio.ensure_future(
-                asyncio.to_thread(relay.stream_to_socket, inbound.native_recv(), 1024, sink, None)
+                asyncio.to_thread(relay.stream_to_socket, inbound.recv_handle(), 1024, sink, None)
             ),
             sink_out,
         )
@@ -276,7 +283,7 @@ async def test_a_stopped_stream_is_a_sink_error(
     async with asyncio.timeout(STEP):
         await inbound.stop(3)
         writing = asyncio.ensure_future(
-            asyncio.to_thread(relay.socket_to_stream, source, out.native_send(), 1024, None)
+            asyncio.to_thread(relay.socket_to_stream, source, out.send_handle(), 1024, None)
         )
         for _ in range(200):  # the stop reaches the writer after a round trip
             source_in.sendall(b"more")
@@ -359,3 +366,60 @@ def test_the_build_is_cached_by_source(tmp_path: Path, monkeypatch: pytest.Monke
     stamp = first.stat().st_mtime_ns
     assert native_relay.build() == first
     assert first.stat().st_mtime_ns == stamp  # not rebuilt
+
+
+def test_the_source_compiles_without_warnings(tmp_path: Path) -> None:
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    assert compiler is not None
+    command = native_relay.compile_command(compiler, tmp_path / "relay.so", werror=True)
+    assert "-Wall" in command
+    assert "-Wextra" in command
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_compiled_structs_match_the_bindings() -> None:
+    assert native_relay.load(), native_relay.unavailable_reason()
+    compiled = native_relay.compiled_layout(native_relay._lib)
+    assert compiled == bindings_layout()
+    assert native_relay.layout_mismatch(compiled, bindings_layout()) is None
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("RustBuffer.len.offset", 4), ("RustCallStatus.size", 40), ("RustBuffer.data.size", 4)],
+)
+async def test_a_layout_the_library_was_not_built_for_keeps_the_streams_in_python(
+    pair: tuple[Transport, Transport], monkeypatch: pytest.MonkeyPatch, key: str, value: int
+) -> None:
+    assert native_relay.load(), native_relay.unavailable_reason()
+    offered = ffi_streams()
+    assert offered is not None  # the fast path is on: the transport offers its stream calls
+    changed = FfiStreams(offered.entry_points, {**offered.layout, key: value})
+    monkeypatch.setattr(native_relay, "ffi_streams", lambda: changed)
+    monkeypatch.setattr(native_relay, "_ffi", None)
+    monkeypatch.setattr(native_relay, "_streams_failure", None)
+    assert native_relay.available()  # the socket loop needs no bindings
+    assert not native_relay.streams_available()
+    status = native_relay.status()
+    assert status["native"] is True
+    assert status["native_streams"] is False
+    assert f"{key} C " in str(status["streams_reason"])
+    assert f"bindings {value}" in str(status["streams_reason"])
+    relay = NativeRelay()
+    try:
+        with socket.socket() as source, pytest.raises(RuntimeError, match="not bound"):
+            relay.socket_to_stream(source, 0, 1024, None)
+    finally:
+        relay.close()
+
+
+async def test_without_the_fast_path_the_streams_stay_in_python(
+    pair: tuple[Transport, Transport], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert native_relay.load(), native_relay.unavailable_reason()
+    use_generated_driver(monkeypatch)
+    monkeypatch.setattr(native_relay, "_ffi", None)
+    assert ffi_streams() is None
+    assert not native_relay.streams_available()
+    assert "fast path" in str(native_relay.status()["streams_reason"])
