@@ -39,7 +39,6 @@ from mesh_llm.protocol import (
     PeerDown,
     PeerId,
     PeerLeaving,
-    RouteTableRequest,
     StreamType,
     decode_gossip_frame,
     decode_peer_down,
@@ -51,7 +50,6 @@ from mesh_llm.protocol import (
     encode_peer_leaving,
     encode_reply,
     encode_route_table,
-    encode_route_table_request,
     parse_frame_length,
 )
 
@@ -357,19 +355,6 @@ class MeshService:
         """Open an HTTP tunnel (0x04) to ``peer``'s ingress; raises TransportError on failure."""
         stream = await self.open_stream(peer, StreamType.TUNNEL_HTTP)
         return TunnelStream(stream, self.traffic.setdefault(peer, PeerTraffic()))
-
-    async def request_route_table(self, peer: bytes) -> bytes:
-        """Ask ``peer`` for its route table (0x05); returns the encoded reply body."""
-        conn = self._conn(peer)
-        if conn is None:
-            raise TransportError("no connection")
-        request = encode_route_table_request(RouteTableRequest(self.transport.node_id_bytes))
-        async with asyncio.timeout(self.membership.timing.frame_read_timeout):
-            stream = await conn.open_bi()
-            async with stream:
-                await stream.write(encode_frame(StreamType.ROUTE_REQUEST, request))
-                await stream.finish()
-                return await _read_frame(stream)
 
     # ---------------------------------------------------------------------------- inbound ops
 

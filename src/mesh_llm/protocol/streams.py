@@ -53,11 +53,6 @@ class StreamType(IntEnum):
     PLUGIN_CHANNEL = 0x09
     PLUGIN_BULK_TRANSFER = 0x0A
 
-    @property
-    def is_framed(self) -> bool:
-        """True for control types whose payload is ``[u32 LE length][body]``."""
-        return self not in (StreamType.TUNNEL_RPC, StreamType.TUNNEL_HTTP)
-
 
 PRE_ADMISSION_STREAM_TYPES: Final = frozenset({StreamType.GOSSIP, StreamType.ROUTE_REQUEST})
 """Types served to a connection whose remote is not yet an admitted peer."""
