@@ -24,7 +24,8 @@ from importlib import resources
 
 from mesh_llm.api.hub import ChangeHub
 from mesh_llm.errors import HttpProtocolError, PortInUseError, ProtocolError
-from mesh_llm.protocol import RequestComplete, RequestReader, render_response
+from mesh_llm.network import UNAUTHORIZED_MESSAGE, ApiKeys
+from mesh_llm.protocol import Request, RequestComplete, RequestReader, render_response
 
 __all__ = ["ManagementServer"]
 
@@ -60,6 +61,7 @@ class ManagementServer:
         runtime_processes: JsonFn,
         hub: ChangeHub,
         keepalive_s: float = KEEPALIVE_S,
+        api_keys: ApiKeys | None = None,
     ) -> None:
         self._host = host
         self._requested_port = port
@@ -68,6 +70,8 @@ class ManagementServer:
         self._runtime_processes = runtime_processes
         self._hub = hub
         self._keepalive_s = keepalive_s
+        self._api_keys = api_keys if api_keys is not None else ApiKeys()
+        """``--api-key``: required by every method other than GET and OPTIONS."""
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self.port = port
@@ -116,7 +120,7 @@ class ManagementServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _read_request(self, reader: asyncio.StreamReader) -> tuple[str, str] | None:
+    async def _read_request(self, reader: asyncio.StreamReader) -> Request | None:
         parser = RequestReader(max_body=MAX_BODY)
         try:
             async with asyncio.timeout(READ_TIMEOUT_S):
@@ -126,7 +130,7 @@ class ManagementServer:
                         parser.feed_eof()
                     for event in parser.feed(data):
                         if isinstance(event, RequestComplete):
-                            return event.request.method, event.request.path
+                            return event.request
         except TimeoutError:
             return None
 
@@ -141,7 +145,7 @@ class ManagementServer:
             return
         if request is None:
             return  # too slow: close silently
-        method, path = request
+        method, path = request.method, request.path
         if method == "OPTIONS":
             writer.write(
                 render_response(
@@ -154,6 +158,8 @@ class ManagementServer:
                     b"",
                 )
             )
+        elif method != "GET" and not self._api_keys.allows(request.header):
+            writer.write(_error(401, UNAUTHORIZED_MESSAGE))
         elif method != "GET":
             writer.write(_error(405, f"method {method} not allowed on {path}"))
         elif path == "/api/status":

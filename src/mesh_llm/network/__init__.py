@@ -10,6 +10,8 @@ Rooms, each importing only the ones below it (an import-linter contract)::
 from mesh_llm.network.proxy import (
     EMBEDDING_PATHS,
     JSON_API_PATHS,
+    UNAUTHORIZED_MESSAGE,
+    ApiKeys,
     Ingress,
     PeerTraffic,
     RoutingFields,
@@ -49,6 +51,8 @@ from mesh_llm.network.transport import (
 __all__: list[str] = [
     "EMBEDDING_PATHS",
     "JSON_API_PATHS",
+    "UNAUTHORIZED_MESSAGE",
+    "ApiKeys",
     "Ingress",
     "PeerTraffic",
     "RoutingFields",

@@ -28,6 +28,9 @@ class NodeConfig:
     split: bool = False
     client: bool = False
     join: tuple[str, ...] = ()
+    """Invite tokens to try in order (``--join``, ``--join-file``, ``MESH_LLM_JOIN``)."""
+    api_keys: tuple[str, ...] = ()
+    """Keys :9337 and :3131's mutating routes require (``--api-key``); empty: open."""
     relays: tuple[str, ...] = ()
     no_relay: bool = False
     bind_ip: str | None = None

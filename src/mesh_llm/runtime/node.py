@@ -53,6 +53,7 @@ from mesh_llm.models import (
     resolve_model,
 )
 from mesh_llm.network import (
+    ApiKeys,
     Ingress,
     RoutingSnapshot,
     Target,
@@ -516,6 +517,7 @@ class Node:
             models_listing=self.models_listing,
             on_demand=self._on_demand,
             on_target_failed=self._on_target_failed,
+            api_keys=ApiKeys(self.config.api_keys),
         )
         # Requests arriving through an HTTP tunnel are served from the stream by this second
         # ingress (never listening), which routes to local llama-servers only: a tunnelled
@@ -541,6 +543,7 @@ class Node:
             runtime_models=lambda: status_json.runtime_models(self.view()),
             runtime_processes=lambda: status_json.runtime_processes(self.view()),
             hub=self.hub,
+            api_keys=ApiKeys(self.config.api_keys),
         )
         await self.ingress.start()
         self._api_port = self.ingress.port

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 from pathlib import Path
 
+from mesh_llm.cli.credentials import api_keys, exposure_warning, join_tokens
 from mesh_llm.errors import ConfigError
 from mesh_llm.inference import BuildOptions
 from mesh_llm.runtime import Node, NodeConfig
@@ -32,6 +34,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                        help="management API and console port (default 3131)")  # fmt: skip
     group.add_argument("--listen-all", action="store_true",
                        help="bind the API and console on 0.0.0.0 instead of 127.0.0.1")  # fmt: skip
+    group.add_argument("--api-key", action="append", default=[], metavar="KEY",
+                       help="require this key on :9337 (Authorization: Bearer or x-api-key) "
+                            "and on :3131's mutating routes (repeatable; also "
+                            "MESH_LLM_API_KEY, --api-key-file)")  # fmt: skip
+    group.add_argument("--api-key-file", type=Path, metavar="PATH",
+                       help="file of accepted API keys, one per line")  # fmt: skip
     group.add_argument("--max-vram", type=float, metavar="GB",
                        help="cap the memory this node offers (GB = 1e9 bytes)")  # fmt: skip
     group.add_argument("--ctx-size", type=int, metavar="N",
@@ -51,6 +59,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     mesh = parser.add_argument_group("mesh")
     mesh.add_argument("-j", "--join", action="append", default=[], metavar="TOKEN",
                       help="join a mesh by invite token (repeatable; tried in order)")  # fmt: skip
+    mesh.add_argument("--join-file", type=Path, metavar="PATH",
+                      help="invite tokens to join, one per line (kept out of ps; also "
+                           "MESH_LLM_JOIN)")  # fmt: skip
     mesh.add_argument("--client", action="store_true",
                       help="run no models; route every request to the mesh")  # fmt: skip
     mesh.add_argument("--split", action="store_true",
@@ -104,7 +115,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         parallel=args.parallel,
         client=args.client,
         split=args.split,
-        join=tuple(args.join),
+        join=join_tokens(args.join, args.join_file, os.environ),
+        api_keys=api_keys(args.api_key, args.api_key_file, os.environ),
         relays=tuple(args.relay),
         no_relay=args.no_relay,
         bind_ip=args.bind_ip,
@@ -123,4 +135,12 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if not config.models and not config.gguf and not config.client and not config.join:
         parser.print_help()
         return 0
+    warning = exposure_warning(
+        listen_all=config.listen_all,
+        has_api_key=bool(config.api_keys),
+        port=config.port,
+        console_port=config.console_port,
+    )
+    if warning is not None:
+        print(warning, file=sys.stderr)
     return asyncio.run(Node(config).run())

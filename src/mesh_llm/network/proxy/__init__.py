@@ -1,5 +1,6 @@
 """The :9337 HTTP ingress: routing, upstream connections (local llama-servers, HTTP tunnels)."""
 
+from mesh_llm.network.proxy.auth import UNAUTHORIZED_MESSAGE, ApiKeys
 from mesh_llm.network.proxy.ingress import (
     ByteCounter,
     Ingress,
@@ -26,6 +27,8 @@ from mesh_llm.network.proxy.upstream import TcpUpstream, UpstreamStream, connect
 __all__ = [
     "EMBEDDING_PATHS",
     "JSON_API_PATHS",
+    "UNAUTHORIZED_MESSAGE",
+    "ApiKeys",
     "ByteCounter",
     "Ingress",
     "PeerTraffic",

@@ -29,8 +29,10 @@ from mesh_llm.network.proxy.routing import (
     choose_candidates,
     extract_routing_fields,
     is_context_overflow_400,
+    model_not_found_error,
     no_target_error,
     snapshot_for_path,
+    substituted_name,
 )
 from mesh_llm.network.proxy.upstream import TcpUpstream, UpstreamStream
 from mesh_llm.network.relay import BlockingSource, ClientGoneError, NativeEnd, relay_from
@@ -65,6 +67,10 @@ READ_SIZE = 64 * 1024
 LINGER_TIMEOUT = 2.0
 """After the response: how long to wait for the client to close before dropping it."""
 MODEL_HEADER = "x-mesh-llm-model"
+MAX_SUBSTITUTED_NAMES = 64
+"""Distinct unknown model names counted (and warned about) one by one; the rest only in the
+total, so a client inventing names cannot grow the table."""
+MAX_NAME_CHARS = 200
 
 _CORS_ORIGIN = ("Access-Control-Allow-Origin", "*")
 _JSON = ("Content-Type", "application/json")
@@ -258,6 +264,8 @@ class Ingress:
         first_byte_timeout: float = 60.0,
         header_timeout: float = 10.0,
         max_body: int = DEFAULT_MAX_BODY,
+        model_substitution: bool = True,
+        report_substitutions: bool = True,
     ) -> None:
         self._host = host
         self._requested_port = port
@@ -276,6 +284,14 @@ class Ingress:
         """Connections being handled now."""
         self.requests_total = 0
         """Requests read completely since start."""
+        self.model_substitution = model_substitution
+        """Whether a request naming a model nobody serves is answered by another model (else
+        404 ``model_not_found``). Missing, empty and ``auto`` names are always routed."""
+        self._report_substitutions = report_substitutions
+        self.substitutions_total = 0
+        """Requests for an unknown model answered by another one."""
+        self.substitutions: dict[str, int] = {}
+        """Unknown model name -> requests substituted (the first MAX_SUBSTITUTED_NAMES names)."""
 
     @property
     def port(self) -> int:
@@ -454,9 +470,16 @@ class Ingress:
         if model and model != "auto" and self._on_demand is not None:
             self._on_demand(model)
         snapshot = snapshot_for_path(self._snapshot(), request.path)
+        unknown = substituted_name(snapshot, model)
+        if unknown is not None and not self.model_substitution and snapshot.targets:
+            with contextlib.suppress(ConnectionError):
+                await conn.send(_model_not_found(request.path, snapshot, unknown))
+            return
         answering, candidates = choose_candidates(
             snapshot, model, len(request.body), fields.max_tokens
         )
+        if unknown is not None and candidates and answering is not None:
+            self._substituted(unknown, answering)
         forward = serialize_forward(request)
         for index, target in enumerate(candidates):
             attempt = await self._attempt(target, forward, may_retry=index < len(candidates) - 1)
@@ -474,6 +497,22 @@ class Ingress:
         with contextlib.suppress(ConnectionError):
             await conn.send(
                 render_api_error(request.path, 503, message, "server_error", "no_backend")
+            )
+
+    def _substituted(self, requested: str, answering: str) -> None:
+        if not self._report_substitutions:
+            return  # a tunnelled request: the requesting node has counted it
+        self.substitutions_total += 1
+        name = requested[:MAX_NAME_CHARS]
+        if name in self.substitutions:
+            self.substitutions[name] += 1
+        elif len(self.substitutions) < MAX_SUBSTITUTED_NAMES:
+            self.substitutions[name] = 1
+            logger.warning(
+                "no node serves model %r: answering with %r instead (said once per name; "
+                "run with --no-model-substitution to answer 404 model_not_found)",
+                name,
+                answering,
             )
 
     async def _attempt(
@@ -632,6 +671,16 @@ class Ingress:
             finally:
                 await _close_upstream(upstream)
         return "no other server of the model answered"
+
+
+def _model_not_found(path: str, snapshot: RoutingSnapshot, model: str) -> bytes:
+    message = model_not_found_error(snapshot, model)
+    if path.startswith("/v1/messages"):
+        body = json.dumps(
+            {"type": "error", "error": {"type": "not_found_error", "message": message}}
+        )
+        return render_response(404, [_JSON, _CORS_ORIGIN], body.encode())
+    return render_openai_error(404, message, "invalid_request_error", "model_not_found")
 
 
 def _event_stream_body_at(first: bytes) -> int | None:

@@ -1,0 +1,81 @@
+"""Invite tokens and API keys from places other than argv.
+
+A token or key on the command line is visible to every user of the machine (``ps``), so both
+can also come from a file (``--join-file``, ``--api-key-file``) or the environment
+(``MESH_LLM_JOIN``, ``MESH_LLM_API_KEY``). Files hold one value per line; blank lines and
+lines starting with ``#`` are ignored. Environment values are separated by commas or
+whitespace.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from mesh_llm.errors import ConfigError
+
+__all__ = ["API_KEY_ENV", "JOIN_ENV", "api_keys", "join_tokens", "read_values_file"]
+
+JOIN_ENV = "MESH_LLM_JOIN"
+API_KEY_ENV = "MESH_LLM_API_KEY"
+_SEPARATORS = re.compile(r"[\s,]+")
+
+
+def read_values_file(path: Path, flag: str) -> list[str]:
+    """The non-blank, non-comment lines of ``path`` (stripped)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{flag} {path}: not a UTF-8 text file") from exc
+    values = [line.strip() for line in text.splitlines()]
+    values = [v for v in values if v and not v.startswith("#")]
+    if not values:
+        raise ConfigError(f"{flag} {path}: the file holds no value")
+    return values
+
+
+def _env_values(environ: Mapping[str, str], name: str) -> list[str]:
+    return [v for v in _SEPARATORS.split(environ.get(name, "")) if v]
+
+
+def _unique(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(values))
+
+
+def join_tokens(
+    argv_tokens: Iterable[str], join_file: Path | None, environ: Mapping[str, str]
+) -> tuple[str, ...]:
+    """Tokens to try, in order: ``--join`` values, then ``--join-file``'s lines, then
+    ``MESH_LLM_JOIN``'s (duplicates dropped)."""
+    from_file = read_values_file(join_file, "--join-file") if join_file is not None else []
+    return _unique([*argv_tokens, *from_file, *_env_values(environ, JOIN_ENV)])
+
+
+def api_keys(
+    argv_keys: Iterable[str], key_file: Path | None, environ: Mapping[str, str]
+) -> tuple[str, ...]:
+    """Accepted API keys: ``--api-key`` values, ``--api-key-file``'s lines and
+    ``MESH_LLM_API_KEY``'s."""
+    from_file = read_values_file(key_file, "--api-key-file") if key_file is not None else []
+    keys = _unique([*argv_keys, *from_file, *_env_values(environ, API_KEY_ENV)])
+    for key in keys:
+        if any(ch.isspace() or not ch.isprintable() for ch in key):
+            raise ConfigError("an API key must be printable and contain no whitespace")
+    return keys
+
+
+def exposure_warning(
+    *, listen_all: bool, has_api_key: bool, port: int, console_port: int
+) -> str | None:
+    """What ``--listen-all`` without ``--api-key`` exposes, or None when nothing is."""
+    if not listen_all or has_api_key:
+        return None
+    return (
+        "WARNING: --listen-all without --api-key: anyone who can reach this machine on ports "
+        f"{port} and {console_port} can use this node's models and the whole mesh's, and read "
+        "its status, including the mesh's invite token. Set --api-key, --api-key-file or "
+        f"{API_KEY_ENV} to require a key."
+    )
