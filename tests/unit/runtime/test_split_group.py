@@ -35,9 +35,7 @@ def member(pid: bytes, rtt: float | None = 10.0, rpc_ready: bool = True) -> Memb
 
 def test_peers_declaring_the_model_form_the_group() -> None:
     group = split_group("m", [peer(A, "m"), peer(B, "other"), peer(C, "m", rtt=None)])
-    assert group == SplitGroup(
-        (member(A), member(C, rtt=None)), (), ((B, "serves other, not m"),)
-    )
+    assert group == SplitGroup((member(A), member(C, rtt=None)), (), ((B, "serves other, not m"),))
 
 
 def test_idle_workers_with_an_rpc_server_help() -> None:
