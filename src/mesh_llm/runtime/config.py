@@ -41,6 +41,9 @@ class NodeConfig:
     """Overrides every model's chat template (``--chat-template-file``)."""
     embeddings: bool = False
     """Also run an embedding llama-server per chat model (``--embeddings``)."""
+    model_substitution: bool = True
+    """Answer a request for a model nobody serves with another model (``x-mesh-llm-model``
+    names it); False (``--no-model-substitution``): 404 ``model_not_found``."""
     ephemeral_key: bool = False
     """Use a fresh identity for this run instead of the state dir's key
     (``MESH_LLM_EPHEMERAL_KEY``; a ``--client`` always does)."""

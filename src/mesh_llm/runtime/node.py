@@ -249,6 +249,9 @@ class Node:
             peers=mesh.peer_rows() if mesh is not None else (),
             inflight=ingress.inflight if ingress is not None else 0,
             requests_total=ingress.requests_total if ingress is not None else 0,
+            model_substitution=self.config.model_substitution,
+            substitutions_total=ingress.substitutions_total if ingress is not None else 0,
+            substitutions=tuple(ingress.substitutions.items()) if ingress is not None else (),
             survey=self.survey,
             binaries=self.binaries,
             rpc=self.rpc.status() if self.rpc is not None else None,
@@ -517,6 +520,7 @@ class Node:
             models_listing=self.models_listing,
             on_demand=self._on_demand,
             on_target_failed=self._on_target_failed,
+            model_substitution=self.config.model_substitution,
             api_keys=ApiKeys(self.config.api_keys),
         )
         # Requests arriving through an HTTP tunnel are served from the stream by this second
@@ -528,6 +532,7 @@ class Node:
             snapshot=self.local_snapshot,
             connect=connect_local,
             models_listing=self.models_listing,
+            report_substitutions=False,
         )
         self.mesh = MeshLink(
             self.config,

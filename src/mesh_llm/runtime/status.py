@@ -80,6 +80,11 @@ def status(view: NodeView) -> dict[str, object]:
         "mesh_models": [m["id"] for m in models_listing(view.routing, view.started_at)],
         "inflight_requests": view.inflight,
         "requests_total": view.requests_total,
+        "model_substitution": {
+            "enabled": view.model_substitution,
+            "substituted_total": view.substitutions_total,
+            "by_model": dict(view.substitutions),
+        },
         "my_hostname": survey.hostname if survey else None,
         "my_is_soc": survey.is_soc if survey else False,
         "gpus": [{"name": g.name, "vram_bytes": g.vram_bytes} for g in survey.gpus]

@@ -83,6 +83,10 @@ class NodeView:
     peers: tuple[PeerRow, ...] = ()
     inflight: int = 0
     requests_total: int = 0
+    model_substitution: bool = True
+    substitutions_total: int = 0
+    substitutions: tuple[tuple[str, int], ...] = ()
+    """Unknown model name -> requests answered by another model (the ingress's table)."""
     survey: HardwareSurvey | None = None
     binaries: BackendBinaries | None = None
     rpc: Mapping[str, object] | None = None

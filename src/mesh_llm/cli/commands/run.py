@@ -56,6 +56,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--embeddings", action="store_true",
                        help="also answer /v1/embeddings for chat models (a second "
                             "llama-server per model; embedding models always do)")  # fmt: skip
+    group.add_argument("--no-model-substitution", action="store_true",
+                       help="answer a request for a model the mesh does not serve with 404 "
+                            "model_not_found instead of another model (missing or 'auto' "
+                            "names are still routed)")  # fmt: skip
     mesh = parser.add_argument_group("mesh")
     mesh.add_argument("-j", "--join", action="append", default=[], metavar="TOKEN",
                       help="join a mesh by invite token (repeatable; tried in order)")  # fmt: skip
@@ -126,6 +130,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
             args.chat_template_file.resolve() if args.chat_template_file is not None else None
         ),
         embeddings=args.embeddings,
+        model_substitution=not args.no_model_substitution,
         ephemeral_key=bool(os.environ.get("MESH_LLM_EPHEMERAL_KEY")),
     )
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mesh_llm.errors import HttpProtocolError, MeshLlmError, PortInUseError, TransportError
+from mesh_llm.network.proxy.auth import UNAUTHORIZED_MESSAGE, ApiKeys
 from mesh_llm.network.proxy.routing import (
     JSON_API_PATHS,
     RoutingSnapshot,
@@ -266,6 +267,7 @@ class Ingress:
         max_body: int = DEFAULT_MAX_BODY,
         model_substitution: bool = True,
         report_substitutions: bool = True,
+        api_keys: ApiKeys | None = None,
     ) -> None:
         self._host = host
         self._requested_port = port
@@ -288,6 +290,9 @@ class Ingress:
         """Whether a request naming a model nobody serves is answered by another model (else
         404 ``model_not_found``). Missing, empty and ``auto`` names are always routed."""
         self._report_substitutions = report_substitutions
+        self._api_keys = api_keys if api_keys is not None else ApiKeys()
+        """Keys a client connecting to the listener must present (``--api-key``); requests
+        arriving through a mesh tunnel were checked at their own ingress."""
         self.substitutions_total = 0
         """Requests for an unknown model answered by another one."""
         self.substitutions: dict[str, int] = {}
@@ -383,6 +388,10 @@ class Ingress:
         if request is None:
             return
         self.requests_total += 1
+        if isinstance(conn, _SocketClient) and not self._authorized(request):
+            with contextlib.suppress(ConnectionError):
+                await conn.send(_unauthorized(request.path))
+            return
         local = self._local_answer(request)
         if local is not None:
             with contextlib.suppress(ConnectionError):
@@ -428,6 +437,13 @@ class Ingress:
                 case RequestComplete():
                     pass
         return True
+
+    def _authorized(self, request: Request) -> bool:
+        """CORS preflights and ``/health`` are open; everything else needs a key when keys
+        are configured."""
+        if request.method == "OPTIONS" or request.path == "/health":
+            return True
+        return self._api_keys.allows(request.header)
 
     def _local_answer(self, request: Request) -> bytes | None:
         """Responses the ingress gives itself, or None to proxy the request."""
@@ -681,6 +697,21 @@ def _model_not_found(path: str, snapshot: RoutingSnapshot, model: str) -> bytes:
         )
         return render_response(404, [_JSON, _CORS_ORIGIN], body.encode())
     return render_openai_error(404, message, "invalid_request_error", "model_not_found")
+
+
+def _unauthorized(path: str) -> bytes:
+    """401 in the dialect of the API at ``path`` (what OpenAI and Anthropic answer)."""
+    if path.startswith("/v1/messages"):
+        body = json.dumps(
+            {
+                "type": "error",
+                "error": {"type": "authentication_error", "message": UNAUTHORIZED_MESSAGE},
+            }
+        ).encode()
+        return render_response(401, [_JSON, _CORS_ORIGIN], body)
+    return render_openai_error(
+        401, UNAUTHORIZED_MESSAGE, "invalid_request_error", "invalid_api_key"
+    )
 
 
 def _event_stream_body_at(first: bytes) -> int | None:
