@@ -7,13 +7,14 @@ and turns the membership view into routing targets and status rows.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from mesh_llm.errors import ConfigError, ProtocolError
+from mesh_llm.errors import ConfigError, PortInUseError, ProtocolError
 from mesh_llm.mesh import JoinStatus, Membership, MeshService, SendGossip, Timing
 from mesh_llm.network import (
     BiStream,
@@ -37,7 +38,7 @@ from mesh_llm.runtime.config import NodeConfig
 from mesh_llm.runtime.split_group import PeerSnapshot
 from mesh_llm.runtime.view import PeerRow
 
-__all__ = ["MeshLink", "decode_join_tokens"]
+__all__ = ["MeshLink", "decode_join_tokens", "port_record", "remembered_port"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,36 @@ def _mesh_id_for(config: NodeConfig, state: Path) -> str | None:
     return mesh_id
 
 
+QUIC_PORT_FILE = "quic-port"
+"""``<identity tag> <port>``: the UDP port this identity bound last, reused so that a restarted
+node keeps its address and therefore its invite token."""
+
+
+def _identity_tag(key: bytes) -> str:
+    """A tag naming the node identity of ``key`` (a one-way hash: the key is not derivable)."""
+    return hashlib.sha256(b"mesh-llm quic-port\0" + key).hexdigest()[:16]
+
+
+def remembered_port(record: str | None, key: bytes) -> int | None:
+    """The port to try first: the one recorded for this identity, if any (pure)."""
+    if not record:
+        return None
+    fields = record.split()
+    if len(fields) != 2 or fields[0] != _identity_tag(key) or not fields[1].isdigit():
+        return None
+    port = int(fields[1])
+    return port if 0 < port <= 0xFFFF else None
+
+
+def port_record(key: bytes, bound_sockets: list[str]) -> str | None:
+    """What to remember after binding: the first bound socket's port for this identity."""
+    for sock in bound_sockets:
+        _, _, port = sock.rpartition(":")
+        if port.isdigit() and 0 < int(port) <= 0xFFFF:
+            return f"{_identity_tag(key)} {int(port)}\n"
+    return None
+
+
 class MeshLink:
     """The node's mesh membership, started by :meth:`start` and run by :meth:`run`."""
 
@@ -98,13 +129,40 @@ class MeshLink:
         ephemeral = self.config.client or self.config.ephemeral_key
         key = generate_key() if ephemeral else load_or_create_key(self.state / "key")
         relays = list(self.config.relays) or None
-        self.transport = await Transport.bind(
-            key,
-            relay_urls=relays,
-            no_relay=self.config.no_relay,
-            bind_ip=self.config.bind_ip,
-            bind_port=self.config.bind_port,
-        )
+        port_file = self.state / QUIC_PORT_FILE
+        reuse: int | None = None
+        if self.config.bind_port is None and not ephemeral:
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                reuse = remembered_port(port_file.read_text(encoding="utf-8"), key)
+        port = self.config.bind_port if self.config.bind_port is not None else reuse
+        try:
+            self.transport = await Transport.bind(
+                key,
+                relay_urls=relays,
+                no_relay=self.config.no_relay,
+                bind_ip=self.config.bind_ip,
+                bind_port=port,
+            )
+        except PortInUseError:
+            if reuse is None:
+                raise
+            log.warning(
+                "UDP port %d (this node's last) is taken: binding another, so the invite token "
+                "changes (pin one with --bind-port)",
+                reuse,
+            )
+            self.transport = await Transport.bind(
+                key,
+                relay_urls=relays,
+                no_relay=self.config.no_relay,
+                bind_ip=self.config.bind_ip,
+                bind_port=None,
+            )
+        if not ephemeral:
+            record = port_record(key, self.transport.bound_sockets())
+            if record is not None:
+                with contextlib.suppress(OSError):
+                    port_file.write_text(record, encoding="utf-8")
         now = time.monotonic()
         self.membership = Membership(
             self.transport.node_id_bytes,
