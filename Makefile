@@ -34,7 +34,7 @@ node-sdk: $(NODE_SDK)/package-lock.json
 		cd $(NODE_SDK) && npm ci --no-audit --no-fund --loglevel=error; \
 	fi
 
-setup: venv backend model node-sdk
+setup: venv backend model
 
 ## run: set up, then start a node serving the default model
 run: setup
@@ -47,7 +47,7 @@ lint: venv
 	$(BIN)/lint-imports
 
 ## test: set up, then the whole suite (lint, types, layering, unit, simulations, end to end)
-test: setup lint
+test: setup node-sdk lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 unit: venv
