@@ -121,9 +121,10 @@ async def relay_socket_into(
 
 
 class _RelayThreads:
-    """Daemon threads that run relays. Starting a thread costs 0.4-1.2 ms here, which would
-    land on the time to first token, so finished ones wait for the next relay; one is started
-    only when none is idle, and at most :data:`_MAX_IDLE` stay idle."""
+    """Daemon threads that run relays. Starting a thread costs about a millisecond
+    (docs/BENCHMARKS.md), which would land on the time to first token, so finished ones wait
+    for the next relay; one is started only when none is idle, and at most :data:`_MAX_IDLE`
+    stay idle."""
 
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()

@@ -5,8 +5,8 @@ that always goes through ``loop.call_soon_threadsafe``. Most stream operations a
 first poll (data already buffered, send credit available), and then Rust calls the continuation
 *inline*, on the event loop's own thread, during the poll: the generated code still writes the
 loop's self-pipe and spends a whole loop iteration to resume the coroutine. On a small machine
-that doubles the Python-side cost of each read and write (measured: a buffered 240-byte read
-81 -> 40 us, a write 184 -> 98 us of CPU).
+that about doubles the Python-side cost of each read and write (figures: docs/BENCHMARKS.md,
+"iroh stream transport").
 
 :func:`install` replaces the module-level driver (the generated methods look it up at each call)
 with one that takes an inline continuation directly and keeps ``call_soon_threadsafe`` for
@@ -100,10 +100,11 @@ def _keep_thread_state(thread: int) -> None:
     """Keep a Python thread state for one of Rust's threads.
 
     A ctypes callback on a thread Python did not start gets a thread state created before and
-    destroyed after each call (``PyGILState_Ensure``/``Release``), which measured ~50 us of CPU
-    per continuation on this project's VM. One extra ``PyGILState_Ensure`` on the thread's first
-    callback, never released, keeps the state for the thread's life (a few tokio workers; at
-    most :data:`_MAX_KEPT` threads, since a state outlives its thread by a few kilobytes).
+    destroyed after each call (``PyGILState_Ensure``/``Release``), which is costly per continuation
+    (figure: docs/BENCHMARKS.md, "iroh stream transport"). One extra ``PyGILState_Ensure`` on the
+    thread's first callback, never released, keeps the state for the thread's life (a few tokio
+    workers; at most :data:`_MAX_KEPT` threads, since a state outlives its thread by a few
+    kilobytes).
     """
     active = getattr(threading, "_active", None)
     if (

@@ -1,14 +1,13 @@
 """Direct FFI calls for the two operations a relay thread makes per streamed token: a stream
 write and a stream read.
 
-The generated method behind ``SendStream.write_all`` / ``RecvStream.read`` spends most of its
-time in Python, not in Rust: a coroutine, a fresh call-status structure for each of the six FFI
-calls, a buffer builder for the argument, a reader object for the result. Measured on this
-project's 2-core VM, for a relay thread paced at one token per millisecond: a write 120 -> 60 us
-of CPU, a read 105 -> 70 us (``bench/bench_transport.py``). This module makes the same FFI calls
-in the same order (clone the object handle, lower the argument, start the Rust future, poll it
-until READY with :mod:`.iroh_async`'s continuation, complete it, free it) with one reused
-call-status per thread and a single copy of the payload.
+The generated method behind ``SendStream.write_all`` / ``RecvStream.read`` spends most of its time
+in Python, not in Rust: a coroutine, a fresh call-status structure for each of the six FFI calls, a
+buffer builder for the argument, a reader object for the result (CPU per write and read:
+docs/BENCHMARKS.md, "iroh stream transport", from ``bench/bench_transport.py``). This module makes
+the same FFI calls in the same order (clone the object handle, lower the argument, start the Rust
+future, poll it until READY with :mod:`.iroh_async`'s continuation, complete it, free it) with one
+reused call-status per thread and a single copy of the payload.
 
 :func:`available` is True only when the bindings still have the exact entry points and argument
 types this was written against, and when a round trip through the generated converters
