@@ -7,7 +7,11 @@ silently, as in the original). Routes:
 - ``GET /api/events``: SSE; the full status on connect, again on every change, ``: keepalive`` after
   15 s idle;
 - ``GET /api/runtime``, ``GET /api/runtime/processes``;
-- ``GET /`` (and ``/dashboard``, ``/chat``): the console page.
+- ``GET /api/discover``: the meshes listed on Nostr (``DiscoveredMesh[]``), 502 if the relays fail;
+- ``GET /api/models``: warm and cold models with fit labels and commands (``models_view``);
+- ``GET /`` (and ``/dashboard``, ``/chat``, ``/chat/*``): the console page; ``/assets/*`` its
+  scripts and styles (hand-written, no build step), cached as immutable (the page asks for them
+  with ``?v=<version>``).
 
 Errors are ``{"error": msg}`` with a matching status; unknown routes 404.
 """
@@ -19,11 +23,15 @@ import contextlib
 import errno
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from importlib import resources
+from typing import Any
 
+from mesh_llm import __version__
 from mesh_llm.api.hub import ChangeHub
-from mesh_llm.errors import HttpProtocolError, PortInUseError, ProtocolError
+from mesh_llm.api.models_view import mesh_models
+from mesh_llm.errors import HttpProtocolError, MeshLlmError, PortInUseError, ProtocolError
+from mesh_llm.models import catalog_entries
 from mesh_llm.network import UNAUTHORIZED_MESSAGE, ApiKeys
 from mesh_llm.protocol import Request, RequestComplete, RequestReader, render_response
 
@@ -36,6 +44,31 @@ KEEPALIVE_S = 15.0
 MAX_BODY = 1024 * 1024
 
 JsonFn = Callable[[], dict[str, object]]
+
+_ASSET_TYPES = {
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".html": "text/html; charset=utf-8",
+}
+
+
+def _asset(name: str) -> bytes | None:
+    """A console file from the package (``assets/<name>``), or None; no paths outside it."""
+    if not name or "/" in name or name.startswith("."):
+        return None
+    suffix = name[name.rfind(".") :] if "." in name else ""
+    if suffix not in _ASSET_TYPES:
+        return None
+    node = resources.files("mesh_llm.api").joinpath("assets", name)
+    if not node.is_file():
+        return None
+    return node.read_bytes()
+
+
+def _page() -> bytes:
+    page = resources.files("mesh_llm.api").joinpath("assets/index.html").read_bytes()
+    return page.replace(b"__VERSION__", __version__.encode())
 
 
 def _json(status: int, payload: object, extra: tuple[tuple[str, str], ...] = ()) -> bytes:
@@ -62,6 +95,7 @@ class ManagementServer:
         hub: ChangeHub,
         keepalive_s: float = KEEPALIVE_S,
         api_keys: ApiKeys | None = None,
+        discover: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None,
     ) -> None:
         self._host = host
         self._requested_port = port
@@ -71,6 +105,7 @@ class ManagementServer:
         self._hub = hub
         self._keepalive_s = keepalive_s
         self._api_keys = api_keys if api_keys is not None else ApiKeys()
+        self._discover = discover
         """``--api-key``: required by every method other than GET and OPTIONS."""
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
@@ -167,18 +202,36 @@ class ManagementServer:
         elif path == "/api/events":
             await self._events(writer)
             return
+        elif path == "/api/discover":
+            writer.write(await self._discover_response())
         elif path == "/api/runtime":
             writer.write(_json(200, self._runtime_models()))
         elif path == "/api/runtime/processes":
             writer.write(_json(200, self._runtime_processes()))
-        elif path in ("/", "/index.html", "/dashboard") or path.startswith("/chat"):
-            page = resources.files("mesh_llm.api").joinpath("assets/index.html").read_bytes()
-            writer.write(
-                render_response(200, (("Content-Type", "text/html; charset=utf-8"),), page)
+        elif path == "/api/models":
+            writer.write(_json(200, mesh_models(self._status(), catalog_entries())))
+        elif path in ("/", "/index.html", "/dashboard", "/chat") or path.startswith("/chat/"):
+            headers = (("Content-Type", "text/html; charset=utf-8"), ("Cache-Control", "no-cache"))
+            writer.write(render_response(200, headers, _page()))
+        elif path.startswith("/assets/") and (body := _asset(path[len("/assets/") :])):
+            suffix = path[path.rfind(".") :]
+            headers = (
+                ("Content-Type", _ASSET_TYPES[suffix]),
+                ("Cache-Control", "public, max-age=31536000, immutable"),
             )
+            writer.write(render_response(200, headers, body))
         else:
             writer.write(_error(404, f"no route for {path}"))
         await writer.drain()
+
+    async def _discover_response(self) -> bytes:
+        """``DiscoveredMesh[]`` from the Nostr relays (bounded by the callback)."""
+        if self._discover is None:
+            return _error(503, "discovery is not available on this node")
+        try:
+            return _json(200, await self._discover())
+        except (MeshLlmError, TimeoutError) as exc:
+            return _error(502, f"Nostr discovery failed: {exc or 'timed out'}")
 
     async def _status_response(self) -> bytes:
         return _json(200, self._status())
