@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from mesh_llm import __version__
 from mesh_llm.cli.argv import UsageError, check_argv
 from mesh_llm.cli.commands import backend as backend_cmd
+from mesh_llm.cli.commands import discover as discover_cmd
 from mesh_llm.cli.commands import models as models_cmd
 from mesh_llm.cli.commands import run as run_cmd
 from mesh_llm.errors import MeshLlmError
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     models_cmd.add_parser(sub)
     backend_cmd.add_parser(sub)
+    discover_cmd.add_parser(sub)
     return parser
 
 
@@ -76,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return models_cmd.run(args)
         if args.command == "backend":
             return backend_cmd.run(args)
+        if args.command == "discover":
+            return discover_cmd.run(args)
         return run_cmd.run(args, parser)
     except MeshLlmError as exc:
         print(f"error: {exc}", file=sys.stderr)

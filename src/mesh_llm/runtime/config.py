@@ -36,6 +36,15 @@ class NodeConfig:
     bind_ip: str | None = None
     bind_port: int | None = None
     mesh_name: str | None = None
+    publish: bool = False
+    """Publish the mesh on Nostr (``--publish``; ``--mesh-name`` implies it)."""
+    auto: bool = False
+    """Discover a mesh on Nostr and join it, or start one (``--auto``)."""
+    nostr_relays: tuple[str, ...] = ()
+    """``--nostr-relay``; empty: the default public relays."""
+    max_clients: int = 0
+    """Withdraw the listing while this many clients are connected (0: unlimited)."""
+    region: str | None = None
     extra_llama_args: tuple[str, ...] = field(default_factory=tuple)
     chat_template_file: Path | None = None
     """Overrides every model's chat template (``--chat-template-file``)."""

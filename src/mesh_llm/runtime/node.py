@@ -66,6 +66,7 @@ from mesh_llm.protocol import PeerAnnouncement
 from mesh_llm.runtime import status as status_json
 from mesh_llm.runtime.announce import self_announcement
 from mesh_llm.runtime.config import NodeConfig
+from mesh_llm.runtime.discovery_link import DiscoveryLink
 from mesh_llm.runtime.home import acquire_home
 from mesh_llm.runtime.launch_plan import LaunchInputs, ModelFacts, ModelLaunch, plan_launches
 from mesh_llm.runtime.mesh_link import MeshLink
@@ -165,6 +166,7 @@ class Node:
         self.tunnel_ingress: Ingress | None = None
         self.console: ManagementServer | None = None
         self.mesh: MeshLink | None = None
+        self.discovery: DiscoveryLink | None = None
         self.rpc: RpcLink | None = None
         self._seen_models: dict[str, float] = {}
         self._api_port = config.port
@@ -541,6 +543,9 @@ class Node:
             on_change=self._on_mesh_change,
             timing=self.timing.mesh,
         )
+        self.discovery = DiscoveryLink(
+            self.config, self.state_dir, mesh=self.mesh, status=self.status
+        )
         self.console = ManagementServer(
             host=self.config.bind_host,
             port=self.config.console_port,
@@ -549,6 +554,7 @@ class Node:
             runtime_processes=lambda: status_json.runtime_processes(self.view()),
             hub=self.hub,
             api_keys=ApiKeys(self.config.api_keys),
+            discover=self.discovery.discover_json,
         )
         await self.ingress.start()
         self._api_port = self.ingress.port
@@ -588,6 +594,8 @@ class Node:
                 tasks.append(group.create_task(self._announce_ready()))
                 if self.rpc is not None:
                     tasks.append(group.create_task(self.rpc.run()))
+                if self.discovery.active:
+                    tasks.append(group.create_task(self.discovery.run()))
                 await self._stop.wait()
                 self._out("mesh-llm: shutting down")
                 await self._shutdown()
@@ -646,6 +654,8 @@ class Node:
             await self.ingress.close()
         if self.tunnel_ingress is not None:
             await self.tunnel_ingress.close()
+        if self.discovery is not None:
+            await self.discovery.close()
         if self.mesh is not None:
             await self.mesh.leave_and_close()
         await asyncio.gather(*(m.stop() for m in [*self.models, *self.embedders]))

@@ -72,6 +72,17 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                       help="split the first model across mesh workers even if it fits")  # fmt: skip
     mesh.add_argument("--mesh-name", metavar="NAME",
                       help="name of the mesh this node starts (stable mesh id)")  # fmt: skip
+    mesh.add_argument("--auto", action="store_true",
+                      help="find a mesh on Nostr and join it (probing each listing), or start "
+                           "one and publish it")  # fmt: skip
+    mesh.add_argument("--publish", action="store_true",
+                      help="publish this mesh on Nostr so --auto nodes can find it")  # fmt: skip
+    mesh.add_argument("--nostr-relay", action="append", default=[], metavar="URL",
+                      help="Nostr relay for publishing and discovery (repeatable; default: "
+                           "public relays)")  # fmt: skip
+    mesh.add_argument("--max-clients", type=int, default=0, metavar="N",
+                      help="unlist the mesh while N clients are connected (0: no cap)")  # fmt: skip
+    mesh.add_argument("--region", metavar="R", help="region named in the Nostr listing")
     mesh.add_argument("--relay", action="append", default=[], metavar="URL",
                       help="iroh relay URL (repeatable; default: public relays)")  # fmt: skip
     mesh.add_argument("--no-relay", action="store_true",
@@ -126,6 +137,11 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         bind_ip=args.bind_ip,
         bind_port=args.bind_port,
         mesh_name=args.mesh_name,
+        publish=args.publish,
+        auto=args.auto,
+        nostr_relays=tuple(args.nostr_relay),
+        max_clients=args.max_clients,
+        region=args.region,
         chat_template_file=(
             args.chat_template_file.resolve() if args.chat_template_file is not None else None
         ),

@@ -1,0 +1,256 @@
+"""The node's Nostr side (docs/DESIGN.md, "Discovery"): publish the mesh's listing, or find a
+mesh to join with ``--auto``; ``/api/discover``.
+
+Every phase is bounded and said on stderr; the node's ports are already open when this runs, and
+nothing here can stop the node: a relay that never answers costs its timeout, then the node goes
+on (standalone, or retrying by the rules below).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mesh_llm.discovery import (
+    LISTING_TTL_S,
+    PROBE_TIMEOUT_S,
+    DiscoveryError,
+    Join,
+    MeshListing,
+    NostrDirectory,
+    first_live,
+    load_or_create_nostr_keys,
+    newest_per_publisher,
+    smart_auto,
+)
+from mesh_llm.errors import MeshLlmError
+from mesh_llm.protocol import decode_token
+from mesh_llm.runtime.config import NodeConfig
+from mesh_llm.runtime.mesh_link import MeshLink
+
+__all__ = ["DiscoveryLink", "listing_from_status"]
+
+log = logging.getLogger(__name__)
+
+PUBLISH_INTERVAL_S = 60.0
+UNPUBLISH_TIMEOUT_S = 3.0
+DISCOVER_TIMEOUT_S = 5.0
+CLIENT_RETRY_S = 15.0
+CLIENT_RETRIES = 20
+LONELY_CHECK_S = 30.0
+LONELY_AFTER_S = 90.0
+LLAMA_WAIT_S = 60.0
+READY_POLL_S = 0.5
+
+StatusFn = Callable[[], dict[str, Any]]
+
+
+def listing_from_status(
+    status: dict[str, Any], *, name: str | None, region: str | None, max_clients: int
+) -> MeshListing | None:
+    """The listing a publishing node sends, from its own ``/api/status``; None without a token.
+
+    serving = models hosted by serving nodes; wanted = requested but unserved; node count and
+    VRAM count non-client peers plus self; client_count counts client peers."""
+    token = status.get("token")
+    if not isinstance(token, str) or not token:
+        return None
+    peers = [p for p in status.get("peers", []) if isinstance(p, dict)]
+    servers = [p for p in peers if p.get("role") != "Client"]
+    serving = set(status.get("hosted_models") or [])
+    for peer in servers:
+        serving.update(peer.get("hosted_models") or peer.get("serving_models") or [])
+    requested = set(status.get("requested_models") or [])
+    for peer in peers:
+        requested.update(peer.get("requested_models") or [])
+    vram_gb = float(status.get("my_vram_gb") or 0) + sum(
+        float(p.get("vram_gb") or 0) for p in servers
+    )
+    mesh_id = status.get("mesh_id")
+    return MeshListing(
+        invite_token=token,
+        serving=tuple(sorted(serving)),
+        wanted=tuple(sorted(requested - serving)),
+        total_vram_bytes=int(vram_gb * 1e9),
+        node_count=len(servers) + (0 if status.get("is_client") else 1),
+        client_count=len(peers) - len(servers),
+        max_clients=max_clients,
+        name=name,
+        region=region,
+        mesh_id=mesh_id if isinstance(mesh_id, str) else None,
+    )
+
+
+class DiscoveryLink:
+    """Publishing (``--publish``/``--mesh-name``, or ``--auto`` starting a mesh) and ``--auto``."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        state: Path,
+        *,
+        mesh: MeshLink,
+        status: StatusFn,
+        say: Callable[[str], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.state = state
+        self._mesh = mesh
+        self._status = status
+        self._say = say or log.info
+        """Progress lines (default: the log, on stderr)."""
+        self.publishing = config.publish or config.mesh_name is not None
+        self._auto = config.auto and not config.join
+        self._directory: NostrDirectory | None = None
+        self._listed = False
+
+    @property
+    def active(self) -> bool:
+        return self.publishing or self._auto
+
+    def _dir(self) -> NostrDirectory:
+        if self._directory is None:
+            keys = load_or_create_nostr_keys(self.state / "nostr.nsec")
+            self._directory = NostrDirectory(self.config.nostr_relays, keys)
+        return self._directory
+
+    async def run(self) -> None:
+        if self._auto:
+            await self._auto_join()
+        if self.publishing:
+            await self._publish_loop()
+        elif self._auto:
+            await self._rediscover_when_lonely()
+
+    async def close(self) -> None:
+        """NIP-09 deletion of our listing (bounded), then the relay connections."""
+        directory, self._directory = self._directory, None
+        if directory is None:
+            return
+        if self._listed:
+            try:
+                async with asyncio.timeout(UNPUBLISH_TIMEOUT_S):
+                    await directory.unpublish()
+                self._say("listing removed from Nostr")
+            except (TimeoutError, DiscoveryError) as exc:
+                log.warning("could not remove the Nostr listing: %s", exc or "timed out")
+        await directory.close()
+
+    async def discover_json(self) -> list[dict[str, Any]]:
+        """``GET /api/discover``: the current listings, newest per publisher."""
+        async with asyncio.timeout(DISCOVER_TIMEOUT_S + 2):
+            found = await self._dir().discover(DISCOVER_TIMEOUT_S)
+        return [m.to_dict() for m in newest_per_publisher(found, time.time())]
+
+    # -- --auto ---------------------------------------------------------------------------
+
+    async def _dial(self, token: str) -> None:
+        transport = self._mesh.transport
+        assert transport is not None
+        conn = await transport.connect(decode_token(token), timeout=PROBE_TIMEOUT_S)
+        conn.close()
+
+    async def _find(self) -> bool:
+        """One discovery round: join the best live mesh. True if one was joined."""
+        self._say("--auto: discovering meshes on Nostr...")
+        try:
+            async with asyncio.timeout(DISCOVER_TIMEOUT_S + 2):
+                found = await self._dir().discover(DISCOVER_TIMEOUT_S)
+        except (TimeoutError, DiscoveryError) as exc:
+            self._say(f"--auto: discovery failed ({exc or 'timed out'})")
+            return False
+        meshes = newest_per_publisher(found, time.time())
+        choice = smart_auto(meshes, self.config.mesh_name, self._last_mesh())
+        if not isinstance(choice, Join):
+            self._say(f"--auto: {len(meshes)} mesh(es) listed, none to join")
+            return False
+        self._say(f"--auto: {len(choice.candidates)} candidate mesh(es)")
+        chosen = await first_live(choice.candidates, self._dial, say=self._say)
+        if chosen is None:
+            self._say("--auto: no listed mesh answered")
+            return False
+        assert self._mesh.service is not None
+        self._mesh.service.join(decode_token(chosen.listing.invite_token))
+        label = chosen.listing.name or chosen.publisher_npub[:16]
+        self._say(f"--auto: joined mesh {label}")
+        return True
+
+    async def _auto_join(self) -> None:
+        if await self._find():
+            return
+        if not self.config.client:
+            self._say("--auto: starting a new mesh (published on Nostr)")
+            self.publishing = True
+            return
+        for attempt in range(1, CLIENT_RETRIES + 1):
+            self._say(f"--auto: retrying in {CLIENT_RETRY_S:g} s ({attempt}/{CLIENT_RETRIES})")
+            await asyncio.sleep(CLIENT_RETRY_S)
+            if await self._find():
+                return
+        self._say("--auto: no mesh found in 5 minutes; this client stays alone")
+
+    async def _rediscover_when_lonely(self) -> None:
+        """After 90 s with no peers (checked every 30 s), discover again."""
+        lonely_since: float | None = None
+        while True:
+            await asyncio.sleep(LONELY_CHECK_S)
+            if self._status().get("peers"):
+                lonely_since = None
+                continue
+            now = time.monotonic()
+            lonely_since = lonely_since if lonely_since is not None else now
+            if now - lonely_since >= LONELY_AFTER_S - LONELY_CHECK_S:
+                self._say("--auto: no peers for 90 s; rediscovering")
+                lonely_since = None
+                await self._find()
+
+    def _last_mesh(self) -> str | None:
+        try:
+            return (self.state / "last-mesh").read_text().strip() or None
+        except OSError:
+            return None
+
+    # -- publishing -----------------------------------------------------------------------
+
+    async def _publish_loop(self) -> None:
+        # Waits up to 60 s for the models to load, so the first listing says what it serves.
+        deadline = time.monotonic() + LLAMA_WAIT_S
+        while (
+            (self.config.models or self.config.gguf)
+            and not self._status().get("hosted_models")
+            and time.monotonic() < deadline
+        ):
+            await asyncio.sleep(READY_POLL_S)
+        while True:
+            await self._publish_once()
+            await asyncio.sleep(PUBLISH_INTERVAL_S)
+
+    async def _publish_once(self) -> None:
+        listing = listing_from_status(
+            self._status(),
+            name=self.config.mesh_name,
+            region=self.config.region,
+            max_clients=self.config.max_clients,
+        )
+        if listing is None:
+            return
+        try:
+            directory = self._dir()
+            if listing.max_clients and listing.client_count >= listing.max_clients:
+                if self._listed:
+                    await directory.unpublish()
+                    self._listed = False
+                    self._say("mesh full (--max-clients): listing withdrawn")
+                return
+            async with asyncio.timeout(DISCOVER_TIMEOUT_S + 2):
+                await directory.publish(listing, LISTING_TTL_S)
+        except (TimeoutError, MeshLlmError) as exc:
+            log.warning("could not publish the mesh on Nostr: %s", exc or "timed out")
+            return
+        if not self._listed:
+            self._say(f"published on Nostr ({', '.join(directory.relays)})")
+        self._listed = True
