@@ -7,7 +7,7 @@ MODEL ?= SmolLM2-135M-Instruct
 PYTEST_ARGS ?=
 NODE_SDK := tests/integration/node_sdk
 
-.PHONY: run test setup venv backend model node-sdk lint check unit e2e proto bench clean
+.PHONY: run test setup venv backend model node-sdk browser lint check unit e2e proto bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,18 @@ node-sdk: $(NODE_SDK)/package-lock.json
 		cd $(NODE_SDK) && npm ci --no-audit --no-fund --loglevel=error; \
 	fi
 
+## browser: Debian's chromium for the console's browser tests (Playwright drives /usr/bin/chromium)
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+			export DEBIAN_FRONTEND=noninteractive; \
+			apt-get install -y -qq chromium >/dev/null 2>&1 || \
+			{ apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }; \
+		else \
+			echo "chromium not installed (apt-get install chromium): the console browser tests will be skipped"; \
+		fi; \
+	fi
+
 setup: venv backend model
 
 ## run: set up, then start a node serving the default model
@@ -47,7 +59,7 @@ lint: venv
 	$(BIN)/lint-imports
 
 ## test: set up, then the whole suite (lint, types, layering, unit, simulations, end to end)
-test: setup node-sdk lint
+test: setup node-sdk browser lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 unit: venv
