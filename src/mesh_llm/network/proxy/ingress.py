@@ -72,6 +72,11 @@ MAX_SUBSTITUTED_NAMES = 64
 """Distinct unknown model names counted (and warned about) one by one; the rest only in the
 total, so a client inventing names cannot grow the table."""
 MAX_NAME_CHARS = 200
+MAX_ACTIVE_REQUESTS = 128
+"""Requests proxied at once by one ingress; past it a request is answered 503 with Retry-After at
+once (rather than queueing at llama-server until the first-byte timeout)."""
+RETRY_AFTER_S = 2
+"""Seconds a client told 503 (overloaded or no backend answered) is asked to wait."""
 
 _CORS_ORIGIN = ("Access-Control-Allow-Origin", "*")
 _JSON = ("Content-Type", "application/json")
@@ -97,6 +102,12 @@ def render_api_error(path: str, status: int, message: str, type: str, code: str)
 def _error_for(exc: HttpProtocolError) -> bytes:
     kind = "invalid_request_error" if exc.status < 500 else "server_error"
     return render_openai_error(exc.status, exc.message, kind, exc.code)
+
+
+def _with_retry_after(response: bytes) -> bytes:
+    """``response`` with a ``Retry-After`` header after its status line."""
+    line_end = response.index(b"\r\n") + 2
+    return response[:line_end] + b"Retry-After: %d\r\n" % RETRY_AFTER_S + response[line_end:]
 
 
 def _json_response(status: int, payload: object, *extra: tuple[str, str]) -> bytes:
@@ -265,6 +276,7 @@ class Ingress:
         first_byte_timeout: float = 60.0,
         header_timeout: float = 10.0,
         max_body: int = DEFAULT_MAX_BODY,
+        max_active: int = MAX_ACTIVE_REQUESTS,
         model_substitution: bool = True,
         report_substitutions: bool = True,
         api_keys: ApiKeys | None = None,
@@ -279,6 +291,9 @@ class Ingress:
         self._first_byte_timeout = first_byte_timeout
         self._header_timeout = header_timeout
         self._max_body = max_body
+        self._max_active = max_active
+        self.active = 0
+        """Requests being proxied now (bounded by ``max_active``)."""
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -397,6 +412,21 @@ class Ingress:
             with contextlib.suppress(ConnectionError):
                 await conn.send(local)
             return
+        if self.active >= self._max_active:
+            logger.debug("overloaded (%d requests active): answering 503", self.active)
+            busy = render_api_error(
+                request.path, 503, "this node is overloaded; retry later", "server_error", "busy"
+            )
+            with contextlib.suppress(ConnectionError):
+                await conn.send(_with_retry_after(busy))
+            return
+        self.active += 1
+        try:
+            await self._proxy_watched(conn, request)
+        finally:
+            self.active -= 1
+
+    async def _proxy_watched(self, conn: _Client, request: Request) -> None:
         async with asyncio.TaskGroup() as tg:
             proxy = tg.create_task(self._proxy(conn, request))
             watcher = tg.create_task(conn.wait_gone())
@@ -512,7 +542,9 @@ class Ingress:
         message = no_target_error(snapshot, model or answering)
         with contextlib.suppress(ConnectionError):
             await conn.send(
-                render_api_error(request.path, 503, message, "server_error", "no_backend")
+                _with_retry_after(
+                    render_api_error(request.path, 503, message, "server_error", "no_backend")
+                )
             )
 
     def _substituted(self, requested: str, answering: str) -> None:
