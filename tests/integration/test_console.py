@@ -140,6 +140,11 @@ def test_first_render_cold_cache_and_both_nodes(
         "n => document.querySelectorAll('#topology g.node').length === n", arg=2, timeout=10_000
     )
     assert graph_ids(page) == {a_id, mesh.b_id}
+    b_node = page.locator(f'#topology g.node[data-node-id="{mesh.b_id}"]')
+    assert MODEL_B in (b_node.text_content() or "")
+    assert MODEL_A in (
+        page.locator(f"#topology g.node[data-node-id='{a_id}']").text_content() or ""
+    )
     assert page.locator(f'#peers tr[data-node-id="{mesh.b_id}"]').count() == 1
     assert page.locator("#memory .mem").count() == 2
     for model in (MODEL_A, MODEL_B):
@@ -161,7 +166,9 @@ def shoot(page: Any, name: str) -> None:
     for theme in ("light", "dark"):
         page.evaluate(f"document.documentElement.setAttribute('data-theme', '{theme}')")
         page.wait_for_timeout(100)
-        page.screenshot(path=str(out / f"console-{name}-{theme}.png"))
+        page.screenshot(
+            path=str(out / f"console-{name}-{theme}.png"), full_page=name == "dashboard"
+        )
     page.evaluate("document.documentElement.removeAttribute('data-theme')")
 
 
@@ -212,8 +219,21 @@ def test_chat_streams_a_reply_with_tok_s(
     page.reload()
     page.locator(".msg.user").wait_for()
     assert page.locator(".msg.user").inner_text() == "Say hello in one short sentence."
+    assert page.url.startswith(f"{mesh.a.console}/chat/")
     if SCREENSHOTS:
         shoot(page, "chat")
+    # rename, new, delete
+    page.click('#conv-list li.active button[data-act="rename"]')
+    page.fill("#conv-list li.active input", "Greetings")
+    page.press("#conv-list li.active input", "Enter")
+    assert page.locator("#conv-list li.active .t").inner_text() == "Greetings"
+    page.click("#new-conv")
+    assert page.locator("#conv-list li").count() == 2
+    assert page.locator(".msg").count() == 0
+    page.click('#conv-list li.active button[data-act="delete"]')
+    assert page.locator("#conv-list li").count() == 1
+    assert page.locator("#conv-list li.active .t").inner_text() == "Greetings"
+    assert page.locator(".msg.user").count() == 1
     page.close()
 
 
@@ -306,8 +326,6 @@ def test_fifty_peers_stay_responsive(browser: Browser, no_console_errors: None) 
     assert page.locator("#peers tbody tr").count() == 50
     # the faked stream ended and asked for no reconnect within the test: the banner says so
     page.locator("#banner").wait_for(state="visible")
-    if SCREENSHOTS:
-        page.screenshot(path=str(Path(SCREENSHOTS) / "console-50-peers.png"))
     render_max = page.evaluate("window.meshConsole.renderMaxMs")
     print(f"50 peers: slowest render {render_max:.1f} ms")
     assert render_max < 250

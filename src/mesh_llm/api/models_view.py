@@ -90,7 +90,7 @@ def mesh_models(status: Mapping[str, Any], catalog: Iterable[CatalogEntry]) -> d
                 "draft_model": entry.draft if entry else None,
                 "fit_label": label,
                 "fit_detail": detail,
-                "download_command": f"mesh-llm models download {name}",
+                "download_command": f"mesh-llm models download {name}" if entry else None,
                 "run_command": f"mesh-llm --join {token} --model {name}",
                 "auto_command": f"mesh-llm --model {name}",
             }

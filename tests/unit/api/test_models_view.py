@@ -46,6 +46,7 @@ def test_warm_models_with_their_nodes_then_the_catalog_cold() -> None:
     assert first["download_command"] == "mesh-llm models download SmolLM2-135M-Instruct"
     assert (second["name"], second["status"], second["node_count"]) == ("custom", "warm", 1)
     assert second["fit_label"] == "Unknown"
+    assert second["download_command"] is None  # not in the catalog: nothing to download by name
     cold = [m for m in models[2:] if m["status"] == "cold"]
     assert cold
     assert len(cold) == len(models) - 2

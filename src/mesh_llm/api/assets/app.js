@@ -245,7 +245,9 @@ function renderTopology(ns) {
       : `<circle class="${cls}" cx="${x.toFixed(1)}" cy="${y.toFixed(1)}" r="${r}"/>`;
     const share = shares.has(n.id) ? ` · ${Math.round(100 * shares.get(n.id) / shares_total(shares))}% layers` : "";
     const name = esc(n.hostname || n.short || "");
-    const label = small && !n.self ? "" : `<text x="${x.toFixed(1)}" y="${(y + r + 12).toFixed(1)}" text-anchor="middle">${name}${n.self ? " (you)" : ""}${esc(share)}</text>`;
+    const models = n.models.length ? esc(n.models.join(", ")) : n.role === "client" ? "client" : "no model";
+    const label = small && !n.self ? "" : `<text x="${x.toFixed(1)}" y="${(y + r + 12).toFixed(1)}" text-anchor="middle">${name}${n.self ? " (you)" : ""}${esc(share)}</text>` +
+      `<text class="rtt" x="${x.toFixed(1)}" y="${(y + r + 24).toFixed(1)}" text-anchor="middle">${models}</text>`;
     const title = `${n.hostname || n.short} · ${n.role} · ${n.models.join(", ") || "no model"}${n.rtt != null ? ` · ${n.rtt} ms` : ""}`;
     dots += `<g class="node" data-node-id="${esc(n.id || "")}" data-role="${n.role}"><title>${esc(title)}</title>${shape}${label}</g>`;
   }
@@ -287,6 +289,9 @@ let renaming = null;
 const save = () => {
   localStorage.setItem(STORE, JSON.stringify(convs));
   if (current) localStorage.setItem(STORE + "-current", current);
+  if (current && location.pathname.startsWith("/chat") && location.pathname !== `/chat/${current}`) {
+    history.replaceState(null, "", `/chat/${current}`);
+  }
 };
 const conv = () => convs.find((c) => c.id === current);
 function newConv() {
@@ -298,7 +303,10 @@ function newConv() {
 }
 function renderChat() {
   if ($("#view-chat").hidden) return;
+  const linked = location.pathname.match(/^\/chat\/([\w-]+)/);
+  if (linked && convs.some((c) => c.id === linked[1])) current = linked[1];
   if (!conv()) (convs[0] ? (current = convs[0].id) : newConv());
+  if (location.pathname !== `/chat/${current}`) history.replaceState(null, "", `/chat/${current}`);
   $("#conv-list").innerHTML = convs.map((c) => `<li data-id="${c.id}" class="${c.id === current ? "active" : ""}">
     ${renaming === c.id ? `<input value="${esc(c.title)}" aria-label="Conversation title">` : `<span class="t">${esc(c.title)}</span>`}
     <button type="button" data-act="rename" title="Rename">✎</button><button type="button" data-act="delete" title="Delete">✕</button></li>`).join("");
@@ -337,7 +345,7 @@ $("#conv-list").addEventListener("click", (e) => {
   const act = e.target.closest("button")?.dataset.act;
   if (act === "delete") {
     convs = convs.filter((c) => c.id !== li.dataset.id);
-    if (current === li.dataset.id) current = convs[0]?.id;
+    if (current === li.dataset.id) current = convs[0]?.id || newConv().id;
     save(); renderChat();
   } else if (act === "rename") {
     renaming = li.dataset.id; renderChat();
