@@ -68,6 +68,10 @@ READ_SIZE = 64 * 1024
 LINGER_TIMEOUT = 2.0
 """After the response: how long to wait for the client to close before dropping it."""
 MODEL_HEADER = "x-mesh-llm-model"
+SHUTDOWN_GRACE = 3.0
+"""At close: how long in-flight exchanges get to end on their own (a stream its error event)
+before they are cancelled."""
+SHUTDOWN_MESSAGE = "mesh-llm on this node is shutting down; the request can be retried"
 MAX_SUBSTITUTED_NAMES = 64
 """Distinct unknown model names counted (and warned about) one by one; the rest only in the
 total, so a client inventing names cannot grow the table."""
@@ -297,6 +301,7 @@ class Ingress:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
+        self._relaying: set[TcpUpstream] = set()
         self.inflight = 0
         """Connections being handled now."""
         self.requests_total = 0
@@ -335,11 +340,19 @@ class Ingress:
             raise TransportError(f"cannot listen on {where}: {exc}") from exc
         logger.info("ingress listening on %s:%d", self._host, self.port)
 
-    async def close(self) -> None:
+    async def close(self, grace: float = SHUTDOWN_GRACE) -> None:
+        """Stop accepting, then drain: responses being relayed from a local llama-server lose
+        their upstream, so each ends as a dying server's would (an event stream with an error
+        event saying the node shuts down, rather than a cut connection); whatever has not ended
+        within ``grace`` seconds is cancelled."""
         self._closing = True
         if self._server is not None:
             self._server.close()
+        for upstream in list(self._relaying):
+            upstream.interrupt()
         tasks = list(self._tasks)
+        if tasks and grace > 0:
+            await asyncio.wait(tasks, timeout=grace)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -354,7 +367,14 @@ class Ingress:
         if self._closing:
             writer.transport.abort()
             return
-        await self._handle(_SocketClient(reader, writer))
+        try:
+            await self._handle(_SocketClient(reader, writer))
+        except asyncio.CancelledError:
+            # This is the connection task's root. Cancelled by close() (it already cleaned up),
+            # it ends quietly: asyncio 3.11's start_server callback would log the cancellation
+            # as an error with a traceback.
+            if not self._closing:
+                raise
 
     async def serve_stream(self, stream: BiStream, counter: ByteCounter | None = None) -> None:
         """Serve the one request of an HTTP tunnel stream (0x04) whose type byte was read.
@@ -534,9 +554,13 @@ class Ingress:
             upstream, first = attempt
             fallbacks = [c for c in candidates[index + 1 :] if c.model == target.model]
             resume = _Resume(request, fallbacks) if request.path == CHAT_PATH else None
+            if isinstance(upstream, TcpUpstream):
+                self._relaying.add(upstream)
             try:
                 await self._relay(conn, upstream, first, target.model, request.path, resume)
             finally:
+                if isinstance(upstream, TcpUpstream):
+                    self._relaying.discard(upstream)
                 await _close_upstream(upstream)
             return
         message = no_target_error(snapshot, model or answering)
@@ -652,7 +676,10 @@ class Ingress:
             at_boundary = tracker is not None and tracker.at_boundary
         if broken:
             logger.warning("the llama-server for %s ended its event stream early", model)
-            if at_boundary:
+            if at_boundary and self._closing:
+                with contextlib.suppress(ConnectionError):
+                    await conn.send(stream_error_tail(path, SHUTDOWN_MESSAGE))
+            elif at_boundary:
                 why = None
                 if resume is not None and recorder is not None:
                     why = await self._resume(conn, resume, recorder, model)

@@ -174,6 +174,16 @@ class TcpUpstream(asyncio.Protocol):
         transport.pause_reading()
         return dup_socket(transport, socket.SO_RCVTIMEO)
 
+    def interrupt(self) -> None:
+        """End the response early (node shutdown): shut the connection down, which the relay
+        thread's duplicate of the socket shares, so the relay sees the upstream end."""
+        if self._transport is None:
+            return
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
     async def aclose(self) -> None:
         if self._transport is not None:
             self._transport.abort()
