@@ -143,3 +143,25 @@ async def test_first_live_skips_dead_and_silent_listings() -> None:
     assert any("did not answer within 0.05 s" in line for line in said)
     assert any("unreachable (connection refused)" in line for line in said)
     assert await first_live([dead], dial, timeout_s=0.05, say=said.append) is None
+
+
+async def test_dead_listings_ranked_first_cost_one_probe_bound_together() -> None:
+    silent = [mesh(f"silent{i}") for i in range(3)]
+    live = mesh("live")
+    dialled: list[str] = []
+
+    async def dial(token: str) -> None:
+        dialled.append(token)
+        if "silent" in token:
+            await asyncio.sleep(10)
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    chosen = await first_live([*silent, live], dial, timeout_s=0.3, say=lambda _: None)
+    elapsed = loop.time() - started
+    assert chosen is live
+    assert len(dialled) == 4
+    assert elapsed < 0.6, elapsed
+    # Taken in rank order: a live mesh ranked first wins even when a lower one answers too.
+    first = await first_live([live, mesh("also-live")], dial, timeout_s=0.3, say=lambda _: None)
+    assert first is live
