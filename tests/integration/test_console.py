@@ -336,4 +336,9 @@ def test_fifty_peers_stay_responsive(browser: Browser, no_console_errors: None) 
     # phone width: nothing wider than the screen
     page.set_viewport_size({"width": 390, "height": 844})
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    page.click("#invite-btn")
+    box = page.locator("#invite").bounding_box()
+    assert box is not None
+    assert box["x"] >= 0
+    assert box["x"] + box["width"] <= 390
     page.close()
