@@ -318,7 +318,8 @@ function renderChat() {
 function renderPicker() {
   const s = state.status;
   const pick = $("#model-pick");
-  const warm = s ? s.mesh_models || [] : [];
+  const served = s ? s.mesh_models || [] : [];
+  const warm = served.length > 1 ? ["auto", ...served] : served; // auto: any served model
   const key = warm.join("\n");
   if (pick.dataset.key === key) return;
   const prev = pick.value || conv()?.model;
@@ -391,7 +392,7 @@ async function send(text) {
   streaming = new AbortController();
   $("#send").hidden = true; $("#stop").hidden = false;
   const started = performance.now();
-  let first = null, chunks = 0, usage = null;
+  let first = null, chunks = 0, usage = null, answered = model;
   const paint = () => {
     const el = current === c.id && $(`#messages .msg[data-i="${index}"]`);
     if (!el) return;
@@ -420,6 +421,7 @@ async function send(text) {
           const ev = JSON.parse(data);
           if (ev.error) throw new Error(ev.error.message || JSON.stringify(ev.error));
           if (ev.usage) usage = ev.usage;
+          if (model === "auto" && ev.model) answered = `auto → ${ev.model}`;
           const delta = ev.choices?.[0]?.delta?.content;
           if (delta) {
             if (first == null) first = performance.now();
@@ -451,7 +453,7 @@ async function send(text) {
     const gen = first == null ? 0 : (end - first) / 1000;
     const tps = gen > 0 ? tokens / gen : 0;
     if (tps) state.lastTps = tps;
-    reply.stats = `${tokens} tokens · ${tps.toFixed(1)} tok/s · TTFT ${first == null ? "—" : ((first - started) / 1000).toFixed(2) + " s"} · ${model}${suffix}`;
+    reply.stats = `${tokens} tokens · ${tps.toFixed(1)} tok/s · TTFT ${first == null ? "—" : ((first - started) / 1000).toFixed(2) + " s"} · ${answered}${suffix}`;
   }
 }
 
