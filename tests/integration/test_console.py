@@ -333,6 +333,16 @@ def test_fifty_peers_stay_responsive(browser: Browser, no_console_errors: None) 
     page.click("#theme-btn")
     assert page.get_attribute("html", "data-theme") == "light"
     assert time.monotonic() - started < 1.0
+    # model output cannot inject HTML through the Markdown renderer
+    html = page.evaluate(
+        "async (src) => (await import('/assets/md.js')).renderMarkdown(src)",
+        "**hi** <img src=x onerror=alert(1)> [a](javascript:alert(1))\n```\n<b>x</b>\n```",
+    )
+    assert "<strong>hi</strong>" in html
+    assert "<img" not in html
+    assert "&lt;img" in html
+    assert "href" not in html
+    assert "<pre><code>&lt;b&gt;x&lt;/b&gt;</code></pre>" in html
     # phone width: nothing wider than the screen
     page.set_viewport_size({"width": 390, "height": 844})
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")

@@ -276,7 +276,9 @@ function renderCatalog() {
   const warm = ms.filter((m) => m.status === "warm");
   const cold = ms.filter((m) => m.status !== "warm");
   const open = $("#catalog details")?.open ? " open" : "";
-  $("#catalog").innerHTML = `<div class="models">${warm.map(card).join("") || '<span class="muted">No model is warm in the mesh.</span>'}</div>` +
+  const pending = (state.status.local_models || []).filter((m) => m.status && m.status !== "ready")
+    .map((m) => `<div class="local-state" data-local="${esc(m.name)}"><strong>${esc(m.name)}</strong> on this node: ${esc(m.status)}${m.error ? ` — ${esc(m.error)}` : ""}</div>`).join("");
+  $("#catalog").innerHTML = pending + `<div class="models">${warm.map(card).join("") || '<span class="muted">No model is warm in the mesh.</span>'}</div>` +
     (cold.length ? `<details${open}><summary>${cold.length} cold models (catalog)</summary><div class="models">${cold.map(card).join("")}</div></details>` : "");
 }
 

@@ -2,7 +2,7 @@
 // reach the page (code, pre, strong, em, a[href=http(s)], h1-h4, ul/ol/li, blockquote, p, br).
 
 export function escapeHtml(text) {
-  return text.replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+  return String(text ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 }
 
 function inline(text) {
