@@ -219,7 +219,7 @@ class DiscoveryLink:
     async def _publish_loop(self) -> None:
         # Waits up to 60 s for the models to load, so the first listing says what it serves.
         deadline = time.monotonic() + LLAMA_WAIT_S
-        while (
+        while (  # noqa: ASYNC110 - polls the status until the models load, bounded by LLAMA_WAIT_S
             (self.config.models or self.config.gguf)
             and not self._status().get("hosted_models")
             and time.monotonic() < deadline
