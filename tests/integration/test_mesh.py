@@ -164,6 +164,9 @@ def test_status_shows_the_mesh(mesh: Mesh) -> None:
     assert set(peers) == {status_b["node_id_full"], status_c["node_id_full"]}
     assert peers[status_b["node_id_full"]]["role"] == "Host"
     assert peers[status_b["node_id_full"]]["hosted_models"] == [MODEL_B]
+    # What the console's peers table shows: each peer's host name and llama.cpp build.
+    assert peers[status_b["node_id_full"]]["hostname"] == status_b["my_hostname"]
+    assert peers[status_b["node_id_full"]]["llama_build"] == status_b["llama_cpp"]["build_id"]
     assert peers[status_c["node_id_full"]]["role"] == "Client"
     c_to_a = next(p for p in status_c["peers"] if p["id"] == status_a["node_id_full"])
     assert c_to_a["rtt_ms"] is not None

@@ -178,3 +178,6 @@ class PeerView:
     connected: bool
     last_seen_age: float
     """Seconds since the peer was last proven alive (directly, or since a transitive insert)."""
+    hostname: str | None = None
+    llama_build: str | None = None
+    """The peer's llama.cpp build id (``<commit>-<backend>``)."""

@@ -180,6 +180,8 @@ class PeerTable:
                 direct=info.direct,
                 connected=pid in connected,
                 last_seen_age=max(0.0, now - info.last_seen),
+                hostname=info.announcement.hostname,
+                llama_build=info.announcement.llama_build,
             )
             for pid, info in self.items()
         ]

@@ -33,6 +33,7 @@ def self_announcement(
     is_soc: bool | None,
     llama_build: str | None,
     rpc_ready: bool,
+    hostname: str | None = None,
 ) -> PeerAnnouncement:
     """``runners``: the models this node serves, in order (embedding sidecars are not
     announced); ``api_port`` is announced only by a HOST."""
@@ -54,4 +55,5 @@ def self_announcement(
         is_soc=is_soc,
         llama_build=llama_build,
         rpc_ready=rpc_ready,
+        hostname=hostname,
     )

@@ -286,6 +286,7 @@ class Node:
             is_soc=self.survey.is_soc if self.survey else None,
             llama_build=self.binaries.build_id if self.binaries else None,
             rpc_ready=self._rpc_port() is not None,
+            hostname=self.survey.hostname if self.survey else None,
         )
 
     # ---------------------------------------------------------------------------------- split

@@ -132,6 +132,8 @@ def peer_json(row: PeerRow) -> dict[str, object]:
         "hosted_models_known": True,
         "vram_gb": round(view.vram_bytes / 1e9, 2),
         "version": view.version,
+        "hostname": view.hostname,
+        "llama_build": view.llama_build,
         "rtt_ms": view.rtt_ms,
         "direct": view.direct,
         "connected": view.connected,

@@ -72,7 +72,20 @@ def test_status_of_a_serving_node() -> None:
     binaries = BackendBinaries(
         Path("/b/llama-server"), Path("/b/rpc-server"), "cache", "0c1e570", Backend.CPU
     )
-    peer = PeerView(A, NodeRole.HOST, ("x",), ("x",), 5_000_000_000, "0.1.0", 12, True, True, 2.04)
+    peer = PeerView(
+        A,
+        NodeRole.HOST,
+        ("x",),
+        ("x",),
+        5_000_000_000,
+        "0.1.0",
+        12,
+        True,
+        True,
+        2.04,
+        hostname="gpu-box",
+        llama_build="0c1e570-cpu",
+    )
     status = render.status(
         view(
             runner(),
@@ -121,6 +134,8 @@ def test_status_of_a_serving_node() -> None:
                 "hosted_models_known": True,
                 "vram_gb": 5.0,
                 "version": "0.1.0",
+                "hostname": "gpu-box",
+                "llama_build": "0c1e570-cpu",
                 "rtt_ms": 12,
                 "direct": True,
                 "connected": True,

@@ -132,7 +132,7 @@ function nodes() {
   const peers = (s.peers || []).map((p) => {
     const models = [...new Set([...(p.hosted_models || []), ...(p.serving_models || [])])];
     return {
-      id: p.id, short: p.short_id || short(p.id), self: false, hostname: p.hostname, role: peerRole(p), models,
+      id: p.id, short: p.short_id || short(p.id), self: false, hostname: p.hostname, build: p.llama_build, role: peerRole(p), models,
       vram: p.vram_gb || 0, used: models.reduce((a, m) => a + (sizes[m] || 0), 0),
       version: p.version, rtt: p.rtt_ms, seen: p.last_seen_secs_ago, connected: p.connected,
     };
@@ -203,9 +203,9 @@ function renderDashboard() {
   $("#peers tbody").innerHTML = ns.filter((n) => !n.self).map((n) => `<tr data-node-id="${esc(n.id)}">
     <td><code>${esc(n.short)}</code></td><td>${esc(n.hostname || "—")}</td><td>${n.role}</td>
     <td>${esc(n.models.join(", ") || "—")}</td><td>${gb(n.vram)}</td>
-    <td>${n.rtt == null ? "—" : `${n.rtt} ms`}</td><td>${esc(n.version || "—")}</td>
+    <td>${n.rtt == null ? "—" : `${n.rtt} ms`}</td><td>${esc(n.version || "—")}</td><td>${esc(n.build || "—")}</td>
     <td>${n.seen == null ? "—" : `${n.seen} s ago`}</td></tr>`).join("") ||
-    `<tr><td colspan="8" class="muted">No peers yet: invite a machine from the header.</td></tr>`;
+    `<tr><td colspan="9" class="muted">No peers yet: invite a machine from the header.</td></tr>`;
 }
 
 function renderTopology(ns) {
