@@ -12,7 +12,13 @@ from mesh_llm.inference.backend import (
     prove_backend,
 )
 from mesh_llm.inference.build_plan import BuildOptions, BuildProfile
-from mesh_llm.inference.children import ChildProcess, PidRegistry, reap_recorded_children, stop_pid
+from mesh_llm.inference.children import (
+    ChildProcess,
+    PidRegistry,
+    describe_exit,
+    reap_recorded_children,
+    stop_pid,
+)
 from mesh_llm.inference.launch import (
     DEFAULT_PARALLEL,
     EMBEDDING_BATCH,
@@ -71,6 +77,7 @@ __all__ = [
     "build_backend",
     "choose_ctx_size",
     "cpu_host_offload",
+    "describe_exit",
     "detect_backend",
     "ensure_backend",
     "fits_solo",

@@ -45,6 +45,7 @@ from mesh_llm.inference.build_plan import (
 from mesh_llm.inference.selftest import SELFTEST_MODEL_VERSION, SelfTestResult, run_selftest
 from mesh_llm.system import cache_dir
 from mesh_llm.system.cpu import CpuInfo, read_cpu_info
+from mesh_llm.system.locks import file_lock
 
 __all__ = [
     "LLAMA_CPP_COMMIT",
@@ -273,18 +274,8 @@ def _read_profile(bin_dir: Path) -> BuildProfile | None:
 def _build_lock(backend: Backend, options: BuildOptions) -> Iterator[None]:
     """One build per cache directory at a time, across processes (``flock``)."""
     root = build_dir(backend, options)
-    root.mkdir(parents=True, exist_ok=True)
-    with (root.parent / f"{root.name}.lock").open("w") as handle:
-        try:
-            import fcntl
-        except ImportError:  # Windows: no flock; builds are rare enough to race there
-            yield
-            return
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(root.parent / f"{root.name}.lock"):
+        yield
 
 
 # -------------------------------------------------------------------------------------- self-test

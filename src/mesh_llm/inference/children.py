@@ -28,19 +28,13 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import psutil
 
 from mesh_llm.errors import ProcessError
+from mesh_llm.system.locks import file_lock
 
-fcntl: ModuleType | None
-try:
-    import fcntl
-except ImportError:  # Windows: the in-process lock still serialises this node's writers
-    fcntl = None
-
-__all__ = ["ChildProcess", "PidRegistry", "reap_recorded_children", "stop_pid"]
+__all__ = ["ChildProcess", "PidRegistry", "describe_exit", "reap_recorded_children", "stop_pid"]
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +84,8 @@ class PidRegistry:
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
         """This thread and every other process using the file, one at a time."""
-        with self._lock:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            with self._path.with_name(self._path.name + ".lock").open("a") as handle:
-                if fcntl is not None:
-                    fcntl.flock(handle, fcntl.LOCK_EX)
-                yield
+        with self._lock, file_lock(self._path.with_name(self._path.name + ".lock")):
+            yield
 
     def _load(self) -> list[_Record]:
         try:
@@ -172,6 +162,17 @@ def _as_dict(record: _Record) -> dict[str, object]:
         "owner_pid": record.owner_pid,
         "owner_create_time": record.owner_create_time,
     }
+
+
+def describe_exit(code: int) -> str:
+    """``exited with code 1`` or ``was killed by SIGSEGV`` (negative codes are signals)."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by {name}"
+    return f"exited with code {code}"
 
 
 def stop_pid(pid: int, grace: float = STOP_GRACE_S) -> None:

@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import socket
 import struct
 import subprocess
@@ -29,10 +28,12 @@ from typing import Final
 import gguf
 import numpy as np
 
+from mesh_llm.inference.children import describe_exit
+from mesh_llm.inference.supervisor import free_port
+
 __all__ = [
     "SELFTEST_MODEL_VERSION",
     "SelfTestResult",
-    "describe_exit",
     "run_selftest",
     "write_selftest_model",
 ]
@@ -145,23 +146,6 @@ def _write_model(tmp: Path) -> None:
     writer.close()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def describe_exit(code: int) -> str:
-    """``exited with code 1`` or ``was killed by SIGSEGV`` (negative codes are signals)."""
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"was killed by {name}"
-    return f"exited with code {code}"
-
-
 class _Child:
     """A child process with its output appended to the self-test log; stopped on exit."""
 
@@ -209,7 +193,7 @@ def _http_json(url: str, body: dict[str, object] | None, timeout: float) -> tupl
 
 
 def _check_llama_server(binary: Path, model: Path, log_path: Path) -> str:
-    port = _free_port()
+    port = free_port()
     threads = str(max(1, min(4, os.cpu_count() or 1)))
     argv = [
         str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
@@ -267,7 +251,7 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 
 def _check_rpc_server(binary: Path, log_path: Path) -> str:
-    port = _free_port()
+    port = free_port()
     child = _Child("rpc-server", [str(binary), "-H", "127.0.0.1", "-p", str(port)], log_path)
     try:
         deadline = time.monotonic() + RPC_TIMEOUT_S

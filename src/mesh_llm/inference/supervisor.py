@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mesh_llm.errors import ProcessError
-from mesh_llm.inference.children import ChildProcess, PidRegistry
+from mesh_llm.inference.children import ChildProcess, PidRegistry, describe_exit
 from mesh_llm.inference.launch import LaunchSpec
-from mesh_llm.inference.selftest import describe_exit
 
 __all__ = ["RestartPolicy", "ServerState", "ServerSupervisor", "free_port", "probe_health"]
 

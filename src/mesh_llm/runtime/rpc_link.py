@@ -21,10 +21,10 @@ from mesh_llm.inference import (
     PidRegistry,
     RestartPolicy,
     RpcServer,
+    describe_exit,
     host_weights,
     local_weight_files,
 )
-from mesh_llm.inference.selftest import describe_exit
 from mesh_llm.mesh import MeshService
 from mesh_llm.models import RpcStore
 from mesh_llm.network import BiStream, RpcTunnelHost, WorkerSources, serve_rpc_tunnel

@@ -25,9 +25,9 @@ from mesh_llm.inference import (
 )
 from mesh_llm.inference import backend as backend_module
 from mesh_llm.inference.backend import build_dir, build_until_proven
+from mesh_llm.inference.children import describe_exit
 from mesh_llm.inference.selftest import (
     SelfTestResult,
-    describe_exit,
     run_selftest,
     write_selftest_model,
 )
