@@ -27,6 +27,15 @@ class MeshLlmError(Exception):
     """Root of every error mesh-llm raises on purpose."""
 
 
+class LoadRefusedError(MeshLlmError):
+    """A runtime model load or unload this node refuses; ``status`` is the HTTP status the
+    management API answers with (400, 404, 409, 422, 503)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class ConfigError(MeshLlmError):
     """Invalid configuration or command-line arguments."""
 

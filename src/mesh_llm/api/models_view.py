@@ -1,8 +1,11 @@
 """``GET /api/models``: the mesh's models, warm and cold, derived from the status JSON and catalog.
 
 Pure: takes the ``/api/status`` dict and the catalog entries, returns ``{"mesh_models": [...]}``.
-Warm models are the ones some node answers right now (``mesh_models``); cold ones are catalog
-entries nobody serves. The fit label compares a model's size with this node's offered memory.
+Warm models are the ones some node answers right now (``mesh_models``); cold ones are models on
+some node's disk (``models_on_disk``: a request for one cold-starts it) and catalog entries nobody
+serves. ``request_count``/``last_active_secs_ago`` come from the mesh's demand map (cumulative
+counts over the 24 h activity window, not rates). The fit label compares a model's size with
+this node's offered memory.
 """
 
 from __future__ import annotations
@@ -55,14 +58,26 @@ def mesh_models(status: Mapping[str, Any], catalog: Iterable[CatalogEntry]) -> d
         for name in served:
             active.setdefault(name, []).append(pid)
     by_name: dict[str, CatalogEntry] = {e.name: e for e in catalog if not e.is_draft}
-    order: Sequence[str] = [*warm, *(n for n in by_name if n not in warm)]
+    demand: dict[str, Mapping[str, Any]] = {
+        str(d.get("model")): d for d in status.get("demand") or [] if isinstance(d, Mapping)
+    }
+    on_disk: dict[str, Mapping[str, Any]] = {
+        str(m.get("name")): m for m in status.get("models_on_disk") or [] if isinstance(m, Mapping)
+    }
+    order: Sequence[str] = list(
+        dict.fromkeys([*warm, *(n for n in on_disk if n not in warm), *by_name])
+    )
     out: list[dict[str, object]] = []
     for name in order:
         entry = by_name.get(name)
         loc = local.get(name)
         size_bytes = loc.get("size_bytes") if loc else None
+        disk = on_disk.get(name)
+        if not isinstance(size_bytes, int) and disk is not None:
+            size_bytes = disk.get("size_bytes")
         if not isinstance(size_bytes, int) and entry is not None:
             size_bytes = entry.size_bytes
+        wanted = demand.get(name)
         size_gb = round(size_bytes / GB, 3) if isinstance(size_bytes, int) else None
         label, detail = fit_label(size_gb, vram_gb)
         nodes = active.get(name, [])
@@ -88,9 +103,13 @@ def mesh_models(status: Mapping[str, Any], catalog: Iterable[CatalogEntry]) -> d
                 "moe": bool(entry and entry.moe),
                 "embedding": bool(entry and entry.embedding),
                 "draft_model": entry.draft if entry else None,
+                "request_count": wanted.get("request_count") if wanted else None,
+                "last_active_secs_ago": wanted.get("last_active_secs_ago") if wanted else None,
+                "on_disk_nodes": list(disk.get("nodes") or []) if disk else [],
                 "fit_label": label,
                 "fit_detail": detail,
                 "download_command": f"mesh-llm models download {name}" if entry else None,
+                "load_command": f"mesh-llm load {name}",
                 "run_command": f"mesh-llm --join {token} --model {name}",
                 "auto_command": f"mesh-llm --model {name}",
             }

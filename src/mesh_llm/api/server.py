@@ -7,6 +7,9 @@ silently, as in the original). Routes:
 - ``GET /api/events``: SSE; the full status on connect, again on every change, ``: keepalive`` after
   15 s idle;
 - ``GET /api/runtime``, ``GET /api/runtime/processes``;
+- ``POST /api/runtime/models`` ``{"model"}``: load a model here (201 ``{"loaded"}``; 400, 409
+  already loaded, 422 does not fit, 503); ``DELETE /api/runtime/models/{name}``: unload it after
+  its in-flight requests (200 ``{"dropped"}``, 404);
 - ``GET /api/discover``: the meshes listed on Nostr (``DiscoveredMesh[]``), 502 if the relays fail;
 - ``GET /api/models``: warm and cold models with fit labels and commands (``models_view``);
 - ``GET /`` (and ``/dashboard``, ``/chat``, ``/chat/*``): the console page; ``/assets/*`` its
@@ -23,6 +26,7 @@ import contextlib
 import errno
 import json
 import logging
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
@@ -44,6 +48,8 @@ KEEPALIVE_S = 15.0
 MAX_BODY = 1024 * 1024
 
 JsonFn = Callable[[], dict[str, object]]
+ModelAction = Callable[[str], Awaitable[tuple[int, dict[str, object]]]]
+"""Load or unload a model by name: (HTTP status, JSON body)."""
 
 _ASSET_TYPES = {
     ".js": "text/javascript; charset=utf-8",
@@ -96,6 +102,8 @@ class ManagementServer:
         keepalive_s: float = KEEPALIVE_S,
         api_keys: ApiKeys | None = None,
         discover: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None,
+        load_model: ModelAction | None = None,
+        unload_model: ModelAction | None = None,
     ) -> None:
         self._host = host
         self._requested_port = port
@@ -106,6 +114,8 @@ class ManagementServer:
         self._keepalive_s = keepalive_s
         self._api_keys = api_keys if api_keys is not None else ApiKeys()
         self._discover = discover
+        self._load_model = load_model
+        self._unload_model = unload_model
         """``--api-key``: required by every method other than GET and OPTIONS."""
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
@@ -195,6 +205,10 @@ class ManagementServer:
             )
         elif method != "GET" and not self._api_keys.allows(request.header):
             writer.write(_error(401, UNAUTHORIZED_MESSAGE))
+        elif path == "/api/runtime/models" and method == "POST":
+            writer.write(await self._load(request.body))
+        elif path.startswith("/api/runtime/models/") and method == "DELETE":
+            writer.write(await self._unload(path[len("/api/runtime/models/") :]))
         elif method != "GET":
             writer.write(_error(405, f"method {method} not allowed on {path}"))
         elif path == "/api/status":
@@ -223,6 +237,28 @@ class ManagementServer:
         else:
             writer.write(_error(404, f"no route for {path}"))
         await writer.drain()
+
+    async def _load(self, body: bytes) -> bytes:
+        if self._load_model is None:
+            return _error(503, "this node cannot load models")
+        try:
+            payload = json.loads(body or b"null")
+        except ValueError:
+            payload = None
+        name = payload.get("model") if isinstance(payload, dict) else None
+        if not isinstance(name, str) or not name.strip():
+            return _error(400, 'the body must be {"model": "NAME"}')
+        status, result = await self._load_model(name)
+        return _json(status, result)
+
+    async def _unload(self, quoted: str) -> bytes:
+        name = urllib.parse.unquote(quoted)
+        if self._unload_model is None:
+            return _error(503, "this node cannot unload models")
+        if not name:
+            return _error(400, "name the model: DELETE /api/runtime/models/NAME")
+        status, result = await self._unload_model(name)
+        return _json(status, result)
 
     async def _discover_response(self) -> bytes:
         """``DiscoveredMesh[]`` from the Nostr relays (bounded by the callback)."""

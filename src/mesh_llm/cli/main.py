@@ -13,6 +13,7 @@ from mesh_llm.cli.commands import backend as backend_cmd
 from mesh_llm.cli.commands import discover as discover_cmd
 from mesh_llm.cli.commands import models as models_cmd
 from mesh_llm.cli.commands import run as run_cmd
+from mesh_llm.cli.commands import runtime as runtime_cmd
 from mesh_llm.errors import MeshLlmError
 
 __all__ = ["build_parser", "main"]
@@ -22,6 +23,7 @@ Pool spare GPU and CPU capacity across machines behind one OpenAI-compatible API
 
   mesh-llm --model SmolLM2-135M-Instruct     serve a model on http://localhost:9337/v1
   mesh-llm models list                       the model catalog
+  mesh-llm load NAME | unload NAME | status  manage the running node's models
   mesh-llm backend install                   build or locate llama.cpp
 """
 
@@ -44,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     models_cmd.add_parser(sub)
     backend_cmd.add_parser(sub)
     discover_cmd.add_parser(sub)
+    runtime_cmd.add_parsers(sub)
     return parser
 
 
@@ -80,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return backend_cmd.run(args)
         if args.command == "discover":
             return discover_cmd.run(args)
+        if args.command in ("load", "unload", "drop", "status"):
+            return runtime_cmd.run(args)
         return run_cmd.run(args, parser)
     except MeshLlmError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -8,6 +8,9 @@ standby promotion"):
   that fits, (3) an unserved catalog model that fits (to download); several candidates of tiers 1
   and 3 are spread across joiners by a hash of the node id, so joiners do not all pick the same
   model. Nothing: standby.
+- :func:`choose_cold_start`: a request names a model nobody serves: which node loads it (one that
+  has it on disk and room for it, this node first, then the one with the most room left; else one
+  with room that downloads it from the catalog), or why none can.
 - :func:`check_unserved_model`: a standby node promotes to (1) the model with demand and no
   server (highest request count), else (2) the hottest served model when its requests per server
   are at least 3x the coldest's and at least 10 (or at least 10 when it is the only one). Only
@@ -34,9 +37,12 @@ __all__ = [
     "PROMOTION_WINDOW_S",
     "Assignment",
     "AssignmentKind",
+    "ColdStart",
     "DemandView",
+    "LoaderCandidate",
     "LocalModel",
     "check_unserved_model",
+    "choose_cold_start",
     "node_hash",
     "pick_model_assignment",
 ]
@@ -193,3 +199,58 @@ def check_unserved_model(
             f"{hottest_load:.0f} requests per server, the hottest model on disk here",
         )
     return Assignment(AssignmentKind.STANDBY, None, "demand is balanced")
+
+
+@dataclass(frozen=True, slots=True)
+class LoaderCandidate:
+    """A node that might load a model for a cold start."""
+
+    node: bytes | None
+    """The peer's id; None for this node."""
+    free_bytes: int
+    """Memory it offers minus what its models use."""
+    on_disk_bytes: int | None
+    """The model's size on its disk; None: not there."""
+
+
+@dataclass(frozen=True, slots=True)
+class ColdStart:
+    node: bytes | None
+    download: bool
+    size_bytes: int
+    reason: str
+
+
+def choose_cold_start(
+    model: str,
+    candidates: Sequence[LoaderCandidate],
+    *,
+    catalog_bytes: int | None,
+) -> ColdStart | str | None:
+    """Who loads ``model`` for a waiting request: a :class:`ColdStart`; why nobody can (str);
+    or None when no node has it on disk and the catalog does not know it (an unknown name).
+
+    On disk wins over a download; this node wins over a peer (no tunnel), then the most room left.
+    """
+    on_disk = [c for c in candidates if c.on_disk_bytes is not None]
+    fitting = [
+        c for c in on_disk if c.on_disk_bytes is not None and _fits(c.on_disk_bytes, c.free_bytes)
+    ]
+    if fitting:
+        pick = min(fitting, key=lambda c: (c.node is not None, -c.free_bytes))
+        size = pick.on_disk_bytes or 0
+        where = "this node" if pick.node is None else "a peer"
+        return ColdStart(pick.node, False, size, f"on the disk of {where}")
+    if catalog_bytes is not None:
+        room = [c for c in candidates if _fits(catalog_bytes, c.free_bytes)]
+        if room:
+            pick = min(room, key=lambda c: (c.node is not None, -c.free_bytes))
+            return ColdStart(pick.node, True, catalog_bytes, "downloaded from the catalog")
+    if not on_disk and catalog_bytes is None:
+        return None
+    need = max([c.on_disk_bytes or 0 for c in on_disk] + [catalog_bytes or 0])
+    most = max((c.free_bytes for c in candidates), default=0)
+    return (
+        f"no node has room for {model}: it needs {need * FIT_FACTOR / 1e9:.2f} GB "
+        f"and the most any node has free is {most / 1e9:.2f} GB"
+    )

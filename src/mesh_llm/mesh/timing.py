@@ -42,6 +42,8 @@ class Timing:
     """A heartbeat with no outcome after this long counts as failed (connect 10 s + gossip 10 s)."""
     rejoin_interval: float = 60.0
     """Period of re-dialling the ``--join`` bootstrap addresses that are not known."""
+    demand_push: float = 2.0
+    """After a request is counted, the demand map is gossiped to connected peers within this."""
     demand_ttl: float = 86400.0
     """Demand entries idle longer than this are dropped unless someone still requests the model."""
 

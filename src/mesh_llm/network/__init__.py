@@ -8,6 +8,7 @@ Rooms, each importing only the ones below it (an import-linter contract)::
 """
 
 from mesh_llm.network.proxy import (
+    COLD_START_TIMEOUT_S,
     EMBEDDING_PATHS,
     JSON_API_PATHS,
     UNAUTHORIZED_MESSAGE,
@@ -19,6 +20,7 @@ from mesh_llm.network.proxy import (
     Target,
     TunnelStream,
     UpstreamStream,
+    Warmup,
     choose_candidates,
     connect_local,
     extract_routing_fields,
@@ -49,6 +51,7 @@ from mesh_llm.network.transport import (
 )
 
 __all__: list[str] = [
+    "COLD_START_TIMEOUT_S",
     "EMBEDDING_PATHS",
     "JSON_API_PATHS",
     "UNAUTHORIZED_MESSAGE",
@@ -60,6 +63,7 @@ __all__: list[str] = [
     "Target",
     "TunnelStream",
     "UpstreamStream",
+    "Warmup",
     "choose_candidates",
     "connect_local",
     "extract_routing_fields",

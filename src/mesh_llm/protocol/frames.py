@@ -242,6 +242,10 @@ class PeerAnnouncement:
     gpu_vram: str | None = None
     hostname: str | None = None
     is_soc: bool | None = None
+    available_models: tuple[tuple[str, int], ...] = ()
+    """Models on the node's disk that it could load, with their sizes in bytes (name order):
+    fields 9 and 21, which the reference empties before sending and ignores on receipt; mesh-llm
+    uses them to pick a node for a cold start (docs/DESIGN.md, "Many models")."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,7 +417,18 @@ def _announcement(msg: Any) -> PeerAnnouncement | None:
         gpu_vram=_opt(msg, "gpu_vram"),
         hostname=_opt(msg, "hostname"),
         is_soc=_opt(msg, "is_soc"),
+        available_models=_available_models(msg),
     )
+
+
+MAX_AVAILABLE_MODELS = 256
+"""On-disk models kept per announcement (a peer cannot grow our tables without bound)."""
+
+
+def _available_models(msg: Any) -> tuple[tuple[str, int], ...]:
+    sizes = dict(msg.available_model_sizes)
+    names = list(dict.fromkeys([*msg.available_models, *sizes]))[:MAX_AVAILABLE_MODELS]
+    return tuple(sorted((name, int(sizes.get(name, 0))) for name in names if name))
 
 
 def decode_gossip_frame(body: bytes, *, remote_id: bytes) -> GossipFrame:
@@ -537,6 +552,9 @@ def _announcement_pb(peer: PeerAnnouncement, out: Any) -> None:
         out.serialized_addr = encode_addr_json(peer.addr)
     out.hosted_models.extend(peer.hosted_models)
     out.hosted_models_known = peer.hosted_models_known
+    for name, size in peer.available_models:
+        out.available_models.append(name)
+        out.available_model_sizes[name] = size
     for m in peer.served_models:
         rt = out.served_model_runtime.add(model_name=m.name, ready=m.ready)
         _set_optional(rt, "identity_hash", m.identity_hash)

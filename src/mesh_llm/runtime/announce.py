@@ -34,6 +34,7 @@ def self_announcement(
     llama_build: str | None,
     rpc_ready: bool,
     hostname: str | None = None,
+    available_models: Sequence[tuple[str, int]] = (),
 ) -> PeerAnnouncement:
     """``runners``: the models this node serves, in order (embedding sidecars are not
     announced); ``api_port`` is announced only by a HOST."""
@@ -56,4 +57,5 @@ def self_announcement(
         llama_build=llama_build,
         rpc_ready=rpc_ready,
         hostname=hostname,
+        available_models=tuple(sorted(available_models)),
     )

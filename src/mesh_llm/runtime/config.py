@@ -53,6 +53,12 @@ class NodeConfig:
     model_substitution: bool = True
     """Answer a request for a model nobody serves with another model (``x-mesh-llm-model``
     names it); False (``--no-model-substitution``): 404 ``model_not_found``."""
+    cold_start_timeout: float = 120.0
+    """How long a request for a model nobody serves (but some node can load) waits for it
+    (``--cold-start-timeout``; 0: no cold starts, such requests are answered at once)."""
+    standby: bool = True
+    """A node given no model picks one, or stands by and promotes on demand (``--no-standby``:
+    it only relays)."""
     ephemeral_key: bool = False
     """Use a fresh identity for this run instead of the state dir's key
     (``MESH_LLM_EPHEMERAL_KEY``; a ``--client`` always does)."""

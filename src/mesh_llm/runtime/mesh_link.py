@@ -6,6 +6,7 @@ and turns the membership view into routing targets and status rows.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -123,6 +124,7 @@ class MeshLink:
         self.membership: Membership | None = None
         self.token: str | None = None
         self._closed = False
+        self._demand_push: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         """Bind the QUIC endpoint (never waits on the internet) and build the core."""
@@ -201,6 +203,8 @@ class MeshLink:
         if self._closed:
             return
         self._closed = True
+        if self._demand_push is not None:
+            self._demand_push.cancel()
         if self.service is not None:
             await self.service.leave()
             await self.service.close()
@@ -227,8 +231,28 @@ class MeshLink:
             service.apply([SendGossip(peer, discover=False)])
 
     def record_request(self, model: str) -> None:
-        if self.membership is not None:
-            self.membership.record_request(model, time.monotonic())
+        """Count a request in the demand map; push the map to connected peers within
+        ``demand_push`` seconds (heartbeats alone would take a minute, and a standby node
+        promotes on it)."""
+        if self.membership is None:
+            return
+        self.membership.record_request(model, time.monotonic())
+        if self._demand_push is None and not self._closed:
+            loop = asyncio.get_running_loop()
+            self._demand_push = loop.call_later(self.timing.demand_push, self._push_demand)
+
+    def _push_demand(self) -> None:
+        self._demand_push = None
+        membership, service = self.membership, self.service
+        if membership is None or service is None or self._closed:
+            return
+        service.apply(
+            [
+                SendGossip(peer, discover=False)
+                for peer in membership.peer_ids()
+                if service.is_connected(peer)
+            ]
+        )
 
     # ------------------------------------------------------------------------------ views
 

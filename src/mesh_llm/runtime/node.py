@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import json
 import logging
 import os
 import re
@@ -25,10 +26,17 @@ from typing import assert_never
 
 from mesh_llm import __version__
 from mesh_llm.api import ChangeHub, ManagementServer
-from mesh_llm.errors import ConfigError, MeshLlmError, TransportError
+from mesh_llm.errors import (
+    ConfigError,
+    LoadRefusedError,
+    MeshLlmError,
+    ModelError,
+    TransportError,
+)
 from mesh_llm.inference import (
     EMBEDDING_BATCH,
     EMBEDDING_PARALLEL,
+    FIT_FACTOR,
     Backend,
     BackendBinaries,
     LaunchSpec,
@@ -39,6 +47,7 @@ from mesh_llm.inference import (
     ServerFeatures,
     cpu_host_offload,
     ensure_backend,
+    fits_solo,
     llama_server_argv,
     plan_model,
     reap_recorded_children,
@@ -48,6 +57,7 @@ from mesh_llm.models import (
     GgufInfo,
     ResolvedModel,
     bundled_chat_template,
+    find_catalog_entry,
     identity_hash,
     read_gguf_info,
     resolve_model,
@@ -58,11 +68,12 @@ from mesh_llm.network import (
     RoutingSnapshot,
     Target,
     UpstreamStream,
+    Warmup,
     connect_local,
     native_relay_status,
     prepare_native_relay,
 )
-from mesh_llm.protocol import PeerAnnouncement
+from mesh_llm.protocol import PeerAnnouncement, Request, render_response
 from mesh_llm.runtime import status as status_json
 from mesh_llm.runtime.announce import self_announcement
 from mesh_llm.runtime.config import NodeConfig
@@ -70,17 +81,23 @@ from mesh_llm.runtime.discovery_link import DiscoveryLink
 from mesh_llm.runtime.home import acquire_home
 from mesh_llm.runtime.launch_plan import LaunchInputs, ModelFacts, ModelLaunch, plan_launches
 from mesh_llm.runtime.mesh_link import MeshLink
+from mesh_llm.runtime.placement import Placement
 from mesh_llm.runtime.rpc_link import RpcLink
 from mesh_llm.runtime.runners import ModelRunner, SoloRunner, SplitRunner
 from mesh_llm.runtime.split_group import split_group
 from mesh_llm.runtime.states import ModelRole, RunnerMode, RunnerState
 from mesh_llm.runtime.timing import NodeTiming
-from mesh_llm.runtime.view import NodeView
+from mesh_llm.runtime.view import DemandRow, NodeView, OnDiskRow
 from mesh_llm.system import GB, HardwareSurvey, capacity_bytes, state_dir, survey_hardware
 
 __all__ = ["Node"]
 
 log = logging.getLogger(__name__)
+
+
+def _json_reply(status: int, payload: object) -> bytes:
+    headers = (("Content-Type", "application/json"), ("Access-Control-Allow-Origin", "*"))
+    return render_response(status, headers, json.dumps(payload).encode())
 
 
 def _safe_name(name: str) -> str:
@@ -97,10 +114,19 @@ def _down_reasons(runners: Sequence[ModelRunner]) -> dict[str, str]:
     return down
 
 
-def _ready_targets(runners: Sequence[ModelRunner]) -> dict[str, list[Target]]:
+def _ready_targets(
+    runners: Sequence[ModelRunner], *, draining_until: float | None = None
+) -> dict[str, list[Target]]:
+    """Targets of the ready runners. A runner being unloaded is left out, except that requests
+    through a tunnel may still use it until ``draining_until`` (monotonic) after its unload
+    began: peers route with the view they had."""
     targets: dict[str, list[Target]] = {}
+    now = time.monotonic()
     for runner in runners:
         port = runner.port
+        began = runner.draining_since
+        if began is not None and (draining_until is None or now - began >= draining_until):
+            continue
         if runner.ready and port is not None:
             targets.setdefault(runner.name, []).append(
                 Target(
@@ -169,6 +195,15 @@ class Node:
         self.discovery: DiscoveryLink | None = None
         self.rpc: RpcLink | None = None
         self._seen_models: dict[str, float] = {}
+        self._features: ServerFeatures | None = None
+        self._gpu = False
+        self._load_lock = asyncio.Lock()
+        self._runner_tasks: dict[ModelRunner, asyncio.Task[None]] = {}
+        """Runners started at run time (``load``, promotion, cold start)."""
+        self._downloads: dict[str, asyncio.Task[None]] = {}
+        """Catalog models being downloaded to be loaded (assignment, cold start)."""
+        self._load_errors: dict[str, str] = {}
+        self.placement = Placement(self)
         self._api_port = config.port
         self.started_at = time.time()
         self._stop = asyncio.Event()
@@ -214,10 +249,19 @@ class Node:
             self.mesh.record_request(model)
 
     def local_snapshot(self) -> RoutingSnapshot:
-        """Only this node's own llama-servers: what requests arriving through a tunnel may use."""
-        targets = _ready_targets(self.models)
+        """This node's own llama-servers, for this node's clients."""
+        return self._local_snapshot(None)
+
+    def tunnel_snapshot(self) -> RoutingSnapshot:
+        """Only this node's own llama-servers: what requests arriving through a tunnel may use
+        (a model being unloaded for a short grace too)."""
+        return self._local_snapshot(self.timing.withdraw_grace)
+
+    def _local_snapshot(self, draining_until: float | None) -> RoutingSnapshot:
+        targets = _ready_targets(self.models, draining_until=draining_until)
         embedding_targets = _ready_targets(
-            [m for m in self.models if m.role is ModelRole.EMBEDDINGS] + self.embedders
+            [m for m in self.models if m.role is ModelRole.EMBEDDINGS] + self.embedders,
+            draining_until=draining_until,
         )
         return RoutingSnapshot(
             targets=targets,
@@ -258,13 +302,45 @@ class Node:
             binaries=self.binaries,
             rpc=self.rpc.status() if self.rpc is not None else None,
             relay=native_relay_status(),
+            demand=self._demand_rows(),
+            standby_reason=self.placement.standby_reason if not self.models else None,
+            on_disk=self._on_disk_rows(),
         )
+
+    def _demand_rows(self) -> tuple[DemandRow, ...]:
+        membership = self.mesh.membership if self.mesh is not None else None
+        if membership is None:
+            return ()
+        rows = [
+            DemandRow(d.model_name, d.request_count, d.last_active) for d in membership.demand()
+        ]
+        rows.sort(key=lambda r: (-r.request_count, r.model))
+        return tuple(rows)
+
+    def _on_disk_rows(self) -> tuple[OnDiskRow, ...]:
+        found: dict[str, tuple[int, list[str]]] = {
+            name: (size, ["self"]) for name, size in self.placement.available()
+        }
+        membership = self.mesh.membership if self.mesh is not None else None
+        for peer in membership.peer_ids() if membership is not None else ():
+            ann = membership.announcement(peer) if membership is not None else None
+            for name, size in ann.available_models if ann is not None else ():
+                found.setdefault(name, (size, []))[1].append(bytes(peer)[:5].hex())
+        return tuple(OnDiskRow(n, size, tuple(nodes)) for n, (size, nodes) in sorted(found.items()))
 
     def models_listing(self) -> list[dict[str, object]]:
         return status_json.models_listing(self.routing_snapshot(), self.started_at)
 
     def status(self) -> dict[str, object]:
         return status_json.status(self.view())
+
+    def out(self, line: str) -> None:
+        """A line for the person who started the node (stdout)."""
+        self._out(line)
+
+    def announce_changed(self) -> None:
+        """Something this node announces changed (its models on disk)."""
+        self._changed()
 
     def _changed(self) -> None:
         """Local state changed: refresh the event stream and re-announce ourselves."""
@@ -279,7 +355,7 @@ class Node:
             endpoint_id=self.mesh.transport.node_id_bytes,
             addr=self.mesh.transport.addr(),
             client=self.config.client,
-            runners=[m.view() for m in self.models],
+            runners=[m.view() for m in self.models if m.draining_since is None],
             api_port=self._api_port,
             catalog_models=self.config.models,
             capacity=self.capacity,
@@ -287,7 +363,226 @@ class Node:
             llama_build=self.binaries.build_id if self.binaries else None,
             rpc_ready=self._rpc_port() is not None,
             hostname=self.survey.hostname if self.survey else None,
+            available_models=self.placement.available(),
         )
+
+    # ---------------------------------------------------------------------------- runtime models
+
+    def used_bytes(self) -> int:
+        """Memory this node's models take (what a load must fit beside)."""
+        used = 0
+        for runner in self.models:
+            size = runner.info.file_size
+            used += size if runner.mode is RunnerMode.SOLO else min(self.capacity, size)
+        return used
+
+    def runner_named(self, name: str) -> ModelRunner | None:
+        return next((m for m in self.models if m.name == name), None)
+
+    async def load_model(self, ref: str, *, wait: bool = True, download: bool = True) -> str:
+        """Load a model (a name, path or reference) as a solo llama-server beside the others;
+        the model's name. Raises :class:`LoadRefusedError` with the API's status: 400 (not a
+        model, or a client), 409 (already loaded), 422 (does not fit, with the figures),
+        503 (cannot load now, or it failed to start)."""
+        ref = ref.strip()
+        if self.config.client:
+            raise LoadRefusedError(400, "a --client node runs no models")
+        if not ref:
+            raise LoadRefusedError(400, 'give the model to load: {"model": "NAME"}')
+        if self.binaries is None or self._features is None:
+            raise LoadRefusedError(503, "llama.cpp is not ready on this node yet; retry shortly")
+        if (existing := self.runner_named(ref)) is not None:
+            raise LoadRefusedError(409, f"{ref} is already loaded ({existing.state.value})")
+        try:
+            model = await asyncio.to_thread(resolve_model, ref, download=False, progress=False)
+        except ModelError as exc:
+            entry = find_catalog_entry(ref) if download else None
+            if entry is None:
+                raise LoadRefusedError(400, str(exc)) from exc
+            self._check_fits(entry.name, entry.size_bytes)
+            if not wait:  # a cold start or an assignment: download in the background
+                self._start_download(entry.name)
+                return entry.name
+            model = await self._download(entry.name)
+        try:
+            info = await asyncio.to_thread(read_gguf_info, model.path)
+        except ModelError as exc:
+            raise LoadRefusedError(400, str(exc)) from exc
+        async with self._load_lock:
+            if (existing := self.runner_named(model.name)) is not None:
+                raise LoadRefusedError(
+                    409, f"{model.name} is already loaded ({existing.state.value})"
+                )
+            free = self._check_fits(model.name, info.file_size)
+            launch = plan_launches(
+                LaunchInputs(
+                    capacity=free,
+                    models=(_model_facts(model.name, model, info),),
+                    gpu=self._gpu,
+                    ctx_override=self.config.ctx_size,
+                    chat_template_file=self.config.chat_template_file,
+                )
+            )[0]
+            runner = self._runner(launch, model, info, self._features, self._gpu)
+            self.models.append(runner)
+            self._start_runner(runner)
+        log.info("loading %s (%s)", runner.name, model.path)
+        self._changed()
+        if wait:
+            await self._wait_loaded(runner)
+        return runner.name
+
+    def _check_fits(self, name: str, size: int) -> int:
+        """The bytes free here; 422 when a model of ``size`` does not fit in them."""
+        free = self.capacity - self.used_bytes()
+        if not fits_solo(free, size):
+            serving = ", ".join(m.name for m in self.models) or "nothing"
+            raise LoadRefusedError(
+                422,
+                f"{name} does not fit: it needs {size * FIT_FACTOR / GB:.2f} GB and only "
+                f"{max(free, 0) / GB:.2f} GB of this node's {self.capacity / GB:.2f} GB is free "
+                f"(serving {serving}); unload a model or raise --max-vram",
+            )
+        return free
+
+    async def _download(self, name: str) -> ResolvedModel:
+        try:
+            return await asyncio.to_thread(resolve_model, name, download=True, progress=False)
+        except ModelError as exc:
+            raise LoadRefusedError(503, f"cannot download {name}: {exc}") from exc
+
+    def _start_download(self, name: str) -> None:
+        if name in self._downloads:
+            return
+
+        async def fetch_and_load() -> None:
+            try:
+                await self._download(name)
+                await self.load_model(name, wait=False, download=False)
+            except LoadRefusedError as exc:
+                self._load_errors[name] = str(exc)
+                log.warning("loading %s failed: %s", name, exc)
+            finally:
+                self._downloads.pop(name, None)
+
+        self._load_errors.pop(name, None)
+        log.info("downloading %s to serve it", name)
+        self._downloads[name] = asyncio.get_running_loop().create_task(fetch_and_load())
+
+    def _start_runner(self, runner: ModelRunner) -> None:
+        task = asyncio.get_running_loop().create_task(runner.run(), name=f"runner {runner.name}")
+        self._runner_tasks[runner] = task
+
+    def load_failure(self, name: str) -> str | None:
+        """Why a model started at run time is not coming up (None while it may)."""
+        runner = self.runner_named(name)
+        if runner is None and name in self._downloads:
+            return None
+        if runner is None:
+            return self._load_errors.get(name, "it was unloaded")
+        if runner.state is RunnerState.FAILED:
+            return runner.last_error or "llama-server failed"
+        return None
+
+    async def _wait_loaded(self, runner: ModelRunner) -> None:
+        deadline = time.monotonic() + self.timing.load_timeout
+        while not runner.ready:
+            why = self.load_failure(runner.name)
+            if why is not None:
+                if runner in self.models:
+                    await self._remove_runner(runner)
+                raise LoadRefusedError(503, f"{runner.name} failed to start: {why}")
+            if time.monotonic() > deadline:
+                raise LoadRefusedError(
+                    503,
+                    f"{runner.name} is still loading after {self.timing.load_timeout:.0f} s "
+                    "(it keeps loading; see GET /api/runtime)",
+                )
+            await self.hub.wait_after(self.hub.version, 0.5)
+
+    async def unload_model(self, name: str) -> str:
+        """Stop serving ``name``: withdraw it from the mesh, let in-flight requests finish
+        (new ones go to other nodes), then stop its llama-server. 404 when not loaded."""
+        runner = self.runner_named(name)
+        if runner is None:
+            raise LoadRefusedError(404, f"{name} is not loaded on this node")
+        if runner.draining_since is None:
+            runner.draining_since = time.monotonic()
+            log.info("unloading %s: draining in-flight requests", name)
+            self._changed()
+        await asyncio.sleep(self.timing.withdraw_grace)
+        deadline = runner.draining_since + self.timing.unload_drain
+        while self._inflight_to(runner) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)  # the ingress counts requests; polled, no event per end
+        if runner in self.models:
+            await self._remove_runner(runner)
+            log.info("unloaded %s", name)
+        return name
+
+    def _inflight_to(self, runner: ModelRunner) -> int:
+        port = runner.port
+        if port is None:
+            return 0
+        key = f"local:{port}"
+        return sum(
+            ingress.target_inflight.get(key, 0)
+            for ingress in (self.ingress, self.tunnel_ingress)
+            if ingress is not None
+        )
+
+    async def _remove_runner(self, runner: ModelRunner) -> None:
+        with contextlib.suppress(ValueError):
+            self.models.remove(runner)
+        sidecars = [e for e in self.embedders if e.name == runner.name]
+        for sidecar in sidecars:
+            self.embedders.remove(sidecar)
+        await asyncio.gather(*(r.stop() for r in [runner, *sidecars]))
+        task = self._runner_tasks.pop(runner, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+        self._changed()
+
+    async def mesh_control(self, request: Request) -> bytes | None:
+        """``POST /mesh/load`` and ``POST /mesh/drop`` with ``{"model"}`` on :9337 (and through
+        tunnels: how a peer asks this node to load a model for a cold start). ``"wait": false``
+        answers 202 as soon as the load has begun."""
+        if request.path not in ("/mesh/load", "/mesh/drop"):
+            return None
+        if request.method != "POST":
+            return _json_reply(405, {"error": f"use POST for {request.path}"})
+        try:
+            body = json.loads(request.body or b"{}")
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            return _json_reply(400, {"error": 'the body must be {"model": "NAME"}'})
+        name: str = body["model"]
+        try:
+            if request.path == "/mesh/drop":
+                return _json_reply(200, {"dropped": await self.unload_model(name)})
+            wait = body.get("wait", True) is not False
+            loaded = await self.load_model(name, wait=wait)
+            return _json_reply(200 if wait else 202, {"loaded" if wait else "loading": loaded})
+        except LoadRefusedError as exc:
+            return _json_reply(exc.status, {"error": str(exc)})
+
+    async def api_load(self, name: str) -> tuple[int, dict[str, object]]:
+        """``POST /api/runtime/models``: 201 ``{"loaded"}`` once the model answers."""
+        try:
+            return 201, {"loaded": await self.load_model(name)}
+        except LoadRefusedError as exc:
+            return exc.status, {"error": str(exc)}
+
+    async def api_unload(self, name: str) -> tuple[int, dict[str, object]]:
+        """``DELETE /api/runtime/models/{name}``: 200 ``{"dropped"}`` once drained, or 404."""
+        try:
+            return 200, {"dropped": await self.unload_model(name)}
+        except LoadRefusedError as exc:
+            return exc.status, {"error": str(exc)}
+
+    async def cold_start(self, model: str) -> Warmup | str | None:
+        return await self.placement.cold_start(model)
 
     # ---------------------------------------------------------------------------------- split
 
@@ -353,6 +648,7 @@ class Node:
             )
         )
         features = server_features(binaries.llama_server, self.timing.help_timeout)
+        self._features, self._gpu = features, gpu
         for launch, (_, model, info) in zip(launches, resolved, strict=True):
             self.models.append(self._runner(launch, model, info, features, gpu))
             if launch.sidecar_ctx is not None:
@@ -525,6 +821,9 @@ class Node:
             on_target_failed=self._on_target_failed,
             model_substitution=self.config.model_substitution,
             api_keys=ApiKeys(self.config.api_keys),
+            cold_start=self.cold_start if self.config.cold_start_timeout > 0 else None,
+            cold_start_timeout=self.config.cold_start_timeout,
+            control=self.mesh_control,
         )
         # Requests arriving through an HTTP tunnel are served from the stream by this second
         # ingress (never listening), which routes to local llama-servers only: a tunnelled
@@ -532,10 +831,11 @@ class Node:
         self.tunnel_ingress = Ingress(
             host="127.0.0.1",
             port=0,
-            snapshot=self.local_snapshot,
+            snapshot=self.tunnel_snapshot,
             connect=connect_local,
             models_listing=self.models_listing,
             report_substitutions=False,
+            control=self.mesh_control,
         )
         self.mesh = MeshLink(
             self.config,
@@ -556,6 +856,8 @@ class Node:
             hub=self.hub,
             api_keys=ApiKeys(self.config.api_keys),
             discover=self.discovery.discover_json,
+            load_model=self.api_load,
+            unload_model=self.api_unload,
         )
         await self.ingress.start()
         self._api_port = self.ingress.port
@@ -597,6 +899,8 @@ class Node:
                     tasks.append(group.create_task(self.rpc.run()))
                 if self.discovery.active:
                     tasks.append(group.create_task(self.discovery.run()))
+                if not self.config.client:
+                    tasks.append(group.create_task(self.placement.run()))
                 await self._stop.wait()
                 self._out("mesh-llm: shutting down")
                 await self._shutdown()
@@ -659,9 +963,19 @@ class Node:
             await self.discovery.close()
         if self.mesh is not None:
             await self.mesh.leave_and_close()
-        await asyncio.gather(*(m.stop() for m in [*self.models, *self.embedders]))
+        await self._stop_runners()
         if self.rpc is not None:
             await self.rpc.stop()
+
+    async def _stop_runners(self) -> None:
+        tasks: list[asyncio.Task[None]] = list(self._downloads.values())
+        await asyncio.gather(*(m.stop() for m in [*self.models, *self.embedders]))
+        tasks += self._runner_tasks.values()
+        self._runner_tasks.clear()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
 
     async def _close_servers(self) -> None:
         for ingress in (self.ingress, self.tunnel_ingress):
@@ -674,6 +988,6 @@ class Node:
         if self.console is not None:
             with contextlib.suppress(MeshLlmError):
                 await self.console.close()
-        await asyncio.gather(*(m.stop() for m in [*self.models, *self.embedders]))
+        await self._stop_runners()
         if self.rpc is not None:
             await self.rpc.stop()

@@ -66,6 +66,8 @@ class ModelRunner:
         self._on_change = on_change
         self.supervisor: ServerSupervisor | None = None
         self.identity: str | None = None
+        self.draining_since: float | None = None
+        """Monotonic time the unload of this model began (None: not being unloaded)."""
 
     @property
     def ready(self) -> bool:
@@ -116,6 +118,7 @@ class ModelRunner:
             quantization=self.info.quantization,
             size_bytes=self.info.file_size,
             plan=self.plan,
+            draining=self.draining_since is not None,
         )
 
     def _new_supervisor(

@@ -103,6 +103,19 @@ def status(view: NodeView) -> dict[str, object]:
         "relay": dict(view.relay) if view.relay is not None else None,
         "uptime_secs": int(view.now - view.started_at),
         "join": join_json(view.join),
+        "demand": [
+            {
+                "model": d.model,
+                "request_count": d.request_count,
+                "last_active_secs_ago": max(0, int(view.now - d.last_active)),
+            }
+            for d in view.demand
+        ],
+        "standby_reason": view.standby_reason,
+        "models_on_disk": [
+            {"name": m.model, "size_bytes": m.size_bytes, "nodes": list(m.nodes)}
+            for m in view.on_disk
+        ],
     }
 
 
@@ -160,6 +173,7 @@ def runner_json(runner: RunnerView) -> dict[str, object]:
         "layers": runner.layers,
         "quantization": runner.quantization,
         "size_bytes": runner.size_bytes,
+        "draining": runner.draining,
     }
     if runner.mode is RunnerMode.SPLIT:
         plan = runner.plan

@@ -35,6 +35,18 @@ class NodeTiming:
     """How often the start-up summary checks for models that became ready (or failed)."""
     help_timeout: float = 30.0
     """How long ``llama-server --help`` (read for its feature flags) may take."""
+    standby_settle: float = 5.0
+    """A node with nothing to serve lets gossip settle this long before it picks a model."""
+    standby_poll: float = 2.0
+    """How often a standby node checks the demand map for a model to promote to."""
+    inventory_refresh: float = 30.0
+    """How often the list of models on this node's disk (announced for cold starts) is re-read."""
+    load_timeout: float = 600.0
+    """How long ``POST /api/runtime/models`` waits for the loaded model to answer."""
+    withdraw_grace: float = 2.0
+    """An unloading model still answers requests peers route with a stale view this long."""
+    unload_drain: float = 300.0
+    """How long an unload waits for in-flight requests to the model before stopping it."""
 
     def scaled(self, factor: float) -> NodeTiming:
         """Every duration multiplied by ``factor`` (the mesh's too)."""

@@ -16,7 +16,7 @@ from mesh_llm.network import RoutingSnapshot
 from mesh_llm.runtime.states import ModelRole, NodeState, RunnerMode, RunnerState
 from mesh_llm.system import HardwareSurvey
 
-__all__ = ["NodeView", "PeerRow", "RunnerView", "node_state"]
+__all__ = ["DemandRow", "NodeView", "OnDiskRow", "PeerRow", "RunnerView", "node_state"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +41,8 @@ class RunnerView:
     size_bytes: int = 0
     plan: Plan | None = None
     """A split runner's current plan (None: solo, or not planned yet)."""
+    draining: bool = False
+    """Being unloaded: no new requests, the in-flight ones finish."""
 
     @property
     def ready(self) -> bool:
@@ -54,6 +56,25 @@ class PeerRow:
     peer: PeerView
     tunnel_sent: int = 0
     tunnel_received: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DemandRow:
+    """One model of the gossiped demand map. Counts are cumulative (merged with max across the
+    mesh over the 24 h activity window), not rates."""
+
+    model: str
+    request_count: int
+    last_active: int
+    """Unix seconds of the latest request anyone recorded."""
+
+
+@dataclass(frozen=True, slots=True)
+class OnDiskRow:
+    model: str
+    size_bytes: int
+    nodes: tuple[str, ...]
+    """Short ids of the nodes holding it ("self" for this one)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +114,12 @@ class NodeView:
     """The rpc-server and its tunnels (:meth:`mesh_llm.runtime.rpc_link.RpcLink.status`)."""
     relay: Mapping[str, object] | None = None
     """Whether relays run in C (:func:`mesh_llm.network.native_relay_status`)."""
+    demand: tuple[DemandRow, ...] = ()
+    """The mesh's demand map, busiest first."""
+    standby_reason: str | None = None
+    """Why a node with nothing to serve stands by."""
+    on_disk: tuple[OnDiskRow, ...] = ()
+    """Models on the disks of this node and its peers (what a cold start can load)."""
 
     @property
     def ready_models(self) -> list[str]:

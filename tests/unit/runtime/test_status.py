@@ -177,6 +177,7 @@ def test_status_of_a_serving_node() -> None:
                 "layers": 30,
                 "quantization": "Q8_0",
                 "size_bytes": 2_000_000_000,
+                "draining": False,
                 "role": "chat",
             }
         ],
@@ -184,6 +185,9 @@ def test_status_of_a_serving_node() -> None:
         "relay": {"native": True},
         "uptime_secs": 61,
         "join": None,
+        "demand": [],
+        "standby_reason": None,
+        "models_on_disk": [],
     }
 
 

@@ -60,6 +60,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                        help="answer a request for a model the mesh does not serve with 404 "
                             "model_not_found instead of another model (missing or 'auto' "
                             "names are still routed)")  # fmt: skip
+    group.add_argument("--cold-start-timeout", type=float, default=120.0, metavar="SECS",
+                       help="how long a request for a model nobody serves waits while a "
+                            "node that has it loads it (default 120; 0: no wait)")  # fmt: skip
+    group.add_argument("--no-standby", action="store_true",
+                       help="with no --model: only relay, never pick or promote to "
+                            "a model")  # fmt: skip
     mesh = parser.add_argument_group("mesh")
     mesh.add_argument("-j", "--join", action="append", default=[], metavar="TOKEN",
                       help="join a mesh by invite token (repeatable; tried in order)")  # fmt: skip
@@ -104,6 +110,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         raise ConfigError("--max-vram must be >= 0")
     if args.ctx_size is not None and args.ctx_size < 256:
         raise ConfigError("--ctx-size must be at least 256")
+    if args.cold_start_timeout < 0:
+        raise ConfigError("--cold-start-timeout must be >= 0")
     if args.parallel < 1:
         raise ConfigError("--parallel must be at least 1")
     if args.client and (args.model or args.gguf):
@@ -147,6 +155,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         ),
         embeddings=args.embeddings,
         model_substitution=not args.no_model_substitution,
+        cold_start_timeout=args.cold_start_timeout,
+        standby=not args.no_standby,
         ephemeral_key=bool(os.environ.get("MESH_LLM_EPHEMERAL_KEY")),
     )
 

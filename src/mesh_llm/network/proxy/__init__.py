@@ -23,8 +23,10 @@ from mesh_llm.network.proxy.routing import (
 )
 from mesh_llm.network.proxy.tunnel import PeerTraffic, TunnelStream
 from mesh_llm.network.proxy.upstream import TcpUpstream, UpstreamStream, connect_local
+from mesh_llm.network.proxy.warmup import COLD_START_TIMEOUT_S, Warmup
 
 __all__ = [
+    "COLD_START_TIMEOUT_S",
     "EMBEDDING_PATHS",
     "JSON_API_PATHS",
     "UNAUTHORIZED_MESSAGE",
@@ -38,6 +40,7 @@ __all__ = [
     "TcpUpstream",
     "TunnelStream",
     "UpstreamStream",
+    "Warmup",
     "choose_candidates",
     "connect_local",
     "extract_routing_fields",

@@ -36,6 +36,13 @@ from mesh_llm.network.proxy.routing import (
     substituted_name,
 )
 from mesh_llm.network.proxy.upstream import TcpUpstream, UpstreamStream
+from mesh_llm.network.proxy.warmup import (
+    COLD_START_TIMEOUT_S,
+    Warmup,
+    WarmupOutcome,
+    wait_for_model,
+    wants_stream,
+)
 from mesh_llm.network.relay import BlockingSource, ClientGoneError, NativeEnd, relay_from
 from mesh_llm.network.transport import BiStream
 from mesh_llm.protocol.event_streams import EventStreamRewriter, rewriter_for
@@ -284,6 +291,9 @@ class Ingress:
         model_substitution: bool = True,
         report_substitutions: bool = True,
         api_keys: ApiKeys | None = None,
+        cold_start: Callable[[str], Awaitable[Warmup | str | None]] | None = None,
+        cold_start_timeout: float = COLD_START_TIMEOUT_S,
+        control: Callable[[Request], Awaitable[bytes | None]] | None = None,
     ) -> None:
         self._host = host
         self._requested_port = port
@@ -317,6 +327,15 @@ class Ingress:
         """Requests for an unknown model answered by another one."""
         self.substitutions: dict[str, int] = {}
         """Unknown model name -> requests substituted (the first MAX_SUBSTITUTED_NAMES names)."""
+        self._cold_start = cold_start
+        """Asked when a request names a model no target serves: a load it may wait for
+        (:mod:`mesh_llm.network.proxy.warmup`), why none can start (503), or None (unknown)."""
+        self._cold_start_timeout = cold_start_timeout
+        self._control = control
+        """Answers ``POST /mesh/load`` and ``/mesh/drop`` (None: not offered here)."""
+        self.target_inflight: dict[str, int] = {}
+        """Target key -> requests sent to it whose response has not ended (an unload drains
+        these)."""
 
     @property
     def port(self) -> int:
@@ -428,6 +447,8 @@ class Ingress:
                 await conn.send(_unauthorized(request.path))
             return
         local = self._local_answer(request)
+        if local is None and self._control is not None and request.path.startswith("/mesh/"):
+            local = await self._control(request)
         if local is not None:
             with contextlib.suppress(ConnectionError):
                 await conn.send(local)
@@ -536,6 +557,14 @@ class Ingress:
         if model and model != "auto" and self._on_demand is not None:
             self._on_demand(model)
         snapshot = snapshot_for_path(self._snapshot(), request.path)
+        head_sent = False
+        if model and model != "auto" and not snapshot.targets.get(model):
+            warmed = await self._warm(conn, request, model)
+            if warmed is not None and not warmed.ready:
+                return
+            if warmed is not None:
+                head_sent = warmed.head_sent
+                snapshot = snapshot_for_path(self._snapshot(), request.path)
         unknown = substituted_name(snapshot, model)
         if unknown is not None and not self.model_substitution and snapshot.targets:
             with contextlib.suppress(ConnectionError):
@@ -548,28 +577,125 @@ class Ingress:
             self._substituted(unknown, answering)
         forward = serialize_forward(request)
         for index, target in enumerate(candidates):
-            attempt = await self._attempt(target, forward, may_retry=index < len(candidates) - 1)
-            if attempt is None:
-                continue
-            upstream, first = attempt
-            fallbacks = [c for c in candidates[index + 1 :] if c.model == target.model]
-            resume = _Resume(request, fallbacks) if request.path == CHAT_PATH else None
-            if isinstance(upstream, TcpUpstream):
-                self._relaying.add(upstream)
+            key = target.key
+            self.target_inflight[key] = self.target_inflight.get(key, 0) + 1
             try:
-                await self._relay(conn, upstream, first, target.model, request.path, resume)
-            finally:
+                attempt = await self._attempt(
+                    target, forward, may_retry=index < len(candidates) - 1
+                )
+                if attempt is None:
+                    continue
+                upstream, first = attempt
+                fallbacks = [c for c in candidates[index + 1 :] if c.model == target.model]
+                resume = _Resume(request, fallbacks) if request.path == CHAT_PATH else None
                 if isinstance(upstream, TcpUpstream):
-                    self._relaying.discard(upstream)
-                await _close_upstream(upstream)
-            return
+                    self._relaying.add(upstream)
+                try:
+                    if head_sent:
+                        await self._relay_body(conn, upstream, first, target.model, request.path)
+                    else:
+                        await self._relay(conn, upstream, first, target.model, request.path, resume)
+                finally:
+                    if isinstance(upstream, TcpUpstream):
+                        self._relaying.discard(upstream)
+                    await _close_upstream(upstream)
+                return
+            finally:
+                left = self.target_inflight.get(key, 1) - 1
+                if left > 0:
+                    self.target_inflight[key] = left
+                else:
+                    self.target_inflight.pop(key, None)
         message = no_target_error(snapshot, model or answering)
+        if head_sent:
+            with contextlib.suppress(ConnectionError):
+                await conn.write(stream_error_tail(request.path, message))
+            return
         with contextlib.suppress(ConnectionError):
             await conn.send(
                 _with_retry_after(
                     render_api_error(request.path, 503, message, "server_error", "no_backend")
                 )
             )
+
+    async def _warm(self, conn: _Client, request: Request, model: str) -> WarmupOutcome | None:
+        """A request for ``model``, which no target serves: have it loaded somewhere and wait
+        (:mod:`~mesh_llm.network.proxy.warmup`). None: no load applies (route as before);
+        not ready: the client was answered (a 503, or an error event ending the stream)."""
+        if self._cold_start is None or model in self._snapshot().down:
+            return None
+        warmup = await self._cold_start(model)
+        if warmup is None:
+            return None
+        if isinstance(warmup, str):
+            error = render_api_error(request.path, 503, warmup, "server_error", "no_backend")
+            with contextlib.suppress(ConnectionError):
+                await conn.send(_with_retry_after(error))
+            return WarmupOutcome(False, False, warmup)
+        label = model.replace("\r", "").replace("\n", "")
+        logger.info("waiting for %s to load on %s", label, warmup.where)
+
+        def ready() -> bool:
+            return bool(self._snapshot().targets.get(model))
+
+        try:
+            outcome = await wait_for_model(
+                warmup,
+                ready=ready,
+                send=conn.send,
+                stream=request.path in JSON_API_PATHS and wants_stream(request.body),
+                model_header=f"{MODEL_HEADER}: {label}\r\n".encode(),
+                limit_s=self._cold_start_timeout,
+            )
+        except ConnectionError:
+            return WarmupOutcome(False, True, "the client went away")
+        if outcome.error is not None:
+            with contextlib.suppress(ConnectionError):
+                if outcome.head_sent:
+                    await conn.write(stream_error_tail(request.path, outcome.error))
+                else:
+                    error = render_api_error(
+                        request.path, 503, outcome.error, "server_error", "model_loading"
+                    )
+                    await conn.send(_with_retry_after(error))
+        return outcome
+
+    async def _relay_body(
+        self, conn: _Client, upstream: UpstreamStream, first: bytes, model: str, path: str
+    ) -> None:
+        """Relay an answer into an event stream whose head the client already has (after a
+        cold start's comments): the body only, or an error event for a non-stream answer."""
+        body_at = _event_stream_body_at(first)
+        if body_at is None:
+            head = parse_response_head(first)
+            status = head.status if head is not None else 502
+            text = first[head.head_length :][:300] if head is not None else b""
+            message = f"the server for {model} answered {status}: " + text.decode(
+                "utf-8", "replace"
+            )
+            with contextlib.suppress(ConnectionError):
+                await conn.write(stream_error_tail(path, message))
+            return
+        rewriter = rewriter_for(path, model)
+        tracker = ChunkedTracker()
+        data = first[body_at:]
+        try:
+            while data:
+                if rewriter is not None:
+                    await conn.write(rewriter.feed(data))
+                else:
+                    tracker.feed(data)
+                    await conn.write(data)
+                data = await upstream.read(READ_SIZE)
+        except ConnectionError:
+            return
+        except (OSError, MeshLlmError) as exc:
+            logger.warning("upstream failed mid-response: %s", exc)
+        done = rewriter.done if rewriter is not None else tracker.done
+        if not done and (rewriter is not None or tracker.at_boundary):
+            message = f"the inference server for '{model}' stopped in the middle of the response"
+            with contextlib.suppress(ConnectionError):
+                await conn.write(stream_error_tail(path, message))
 
     def _substituted(self, requested: str, answering: str) -> None:
         if not self._report_substitutions:

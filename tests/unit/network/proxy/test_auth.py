@@ -119,6 +119,7 @@ async def test_console_mutations_need_the_key_reads_do_not() -> None:
         runtime_processes=lambda: {"processes": []},
         hub=ChangeHub(),
         api_keys=ApiKeys(["sekrit"]),
+        unload_model=_dropped,
     )
     await server.start()
     try:
@@ -126,7 +127,12 @@ async def test_console_mutations_need_the_key_reads_do_not() -> None:
         assert await _request(server.port, "POST", "/api/runtime/models") == 401
         assert await _request(server.port, "DELETE", "/api/runtime/models/x") == 401
         keyed = "Authorization: Bearer sekrit\r\n"
-        # Authorised, the route decides (no mutating route answers here yet: 405).
-        assert await _request(server.port, "POST", "/api/runtime/models", keyed) == 405
+        # Authorised, the route decides.
+        assert await _request(server.port, "DELETE", "/api/runtime/models/x", keyed) == 200
+        assert await _request(server.port, "POST", "/api/status", keyed) == 405
     finally:
         await server.close()
+
+
+async def _dropped(name: str) -> tuple[int, dict[str, object]]:
+    return 200, {"dropped": name}
