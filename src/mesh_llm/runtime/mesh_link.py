@@ -142,6 +142,7 @@ class MeshLink:
                 no_relay=self.config.no_relay,
                 bind_ip=self.config.bind_ip,
                 bind_port=port,
+                patch_bindings=self.config.iroh_fast,
             )
         except PortInUseError:
             if reuse is None:
@@ -157,6 +158,7 @@ class MeshLink:
                 no_relay=self.config.no_relay,
                 bind_ip=self.config.bind_ip,
                 bind_port=None,
+                patch_bindings=self.config.iroh_fast,
             )
         if not ephemeral:
             record = port_record(key, self.transport.bound_sockets())
