@@ -260,7 +260,7 @@ class MeshLink:
                         (s.context_length for s in ann.served_models if s.name == model), None
                     )
                 targets.setdefault(model, []).append(
-                    Target(model, f"peer:{peer.hex()}", None, PeerId(peer), ctx)
+                    Target(model, f"peer:{peer.hex()}", None, peer, ctx)
                 )
         return targets
 

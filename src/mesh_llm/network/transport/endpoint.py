@@ -47,7 +47,7 @@ from mesh_llm.network.transport import _iroh_async as iroh_async
 from mesh_llm.network.transport import _iroh_direct as iroh_direct
 from mesh_llm.network.transport import _iroh_patch as iroh_patch
 from mesh_llm.protocol.streams import ALPN
-from mesh_llm.protocol.token import EndpointAddrInfo, InvalidTokenError
+from mesh_llm.protocol.token import EndpointAddrInfo, InvalidTokenError, PeerId
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
@@ -348,8 +348,8 @@ class Conn:
         """The peer's endpoint id (64 lowercase hex), as proven by the TLS handshake."""
 
     @property
-    def remote_id_bytes(self) -> bytes:
-        return bytes.fromhex(self.remote_id)
+    def remote_id_bytes(self) -> PeerId:
+        return PeerId(bytes.fromhex(self.remote_id))
 
     @property
     def close_reason(self) -> str | None:
@@ -494,8 +494,8 @@ class Transport:
         return self._node_id
 
     @property
-    def node_id_bytes(self) -> bytes:
-        return bytes.fromhex(self._node_id)
+    def node_id_bytes(self) -> PeerId:
+        return PeerId(bytes.fromhex(self._node_id))
 
     @property
     def secret_key(self) -> bytes:
