@@ -119,10 +119,14 @@ def fast_path_on() -> bool:
 def test_client_lists_and_chats_through_tunnel(mesh: Mesh) -> None:
     assert mesh.c is not None
     if not fast_path_on():  # make test runs the tunnel tests once more with it off
+        switches = fast_path(os.environ)  # what the nodes' CLI passed down
         for node in (mesh.a, mesh.c):
             relay = node.status()["relay"]
             assert relay["native_streams"] is False, relay
             assert relay["reason"] or relay["streams_reason"], relay
+            if not switches.native_relay:
+                assert relay["native"] is False, relay
+                assert "switched off" in relay["reason"], relay
     elif shutil.which("cc") or shutil.which("gcc"):  # the tunnel relays below run in C
         for node in (mesh.a, mesh.c):
             wait_for(
