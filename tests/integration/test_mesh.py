@@ -18,6 +18,7 @@ from pathlib import Path
 import openai
 import pytest
 
+from mesh_llm.cli.environment import fast_path
 from mesh_llm.network import Transport
 from mesh_llm.protocol import (
     GossipFrame,
@@ -109,21 +110,23 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
 
 def fast_path_on() -> bool:
     """Whether the nodes run with the iroh fast path and the C relay (``MESH_LLM_IROH_FAST``,
-    ``MESH_LLM_NATIVE_RELAY``; ``make test`` switches both off for a second run)."""
-    off = ("0", "false", "no", "off")
-    return not any(
-        os.environ.get(name, "").strip().lower() in off
-        for name in ("MESH_LLM_IROH_FAST", "MESH_LLM_NATIVE_RELAY")
-    )
+    ``MESH_LLM_NATIVE_RELAY``, read by the nodes' CLI as here; ``make test`` switches both off
+    for a second run)."""
+    switches = fast_path(os.environ)
+    return switches.iroh_fast and switches.native_relay
 
 
 def test_client_lists_and_chats_through_tunnel(mesh: Mesh) -> None:
     assert mesh.c is not None
     if not fast_path_on():  # make test runs the tunnel tests once more with it off
+        switches = fast_path(os.environ)  # what the nodes' CLI passed down
         for node in (mesh.a, mesh.c):
             relay = node.status()["relay"]
             assert relay["native_streams"] is False, relay
             assert relay["reason"] or relay["streams_reason"], relay
+            if not switches.native_relay:
+                assert relay["native"] is False, relay
+                assert "switched off" in relay["reason"], relay
     elif shutil.which("cc") or shutil.which("gcc"):  # the tunnel relays below run in C
         for node in (mesh.a, mesh.c):
             wait_for(

@@ -2,7 +2,7 @@
 
 Lookup order:
 
-1. ``--bin-dir`` / ``MESH_LLM_BIN_DIR``;
+1. ``bin_dir`` (the CLI passes ``--bin-dir``, else ``MESH_LLM_BIN_DIR``);
 2. ``PATH`` (``llama-server``; ``rpc-server`` or ``ggml-rpc-server``);
 3. the build cache ``~/.cache/mesh-llm/llama.cpp/<commit>-<backend>/bin``.
 
@@ -177,9 +177,8 @@ def locate_backend(
 ) -> BackendBinaries:
     """Find the binaries without building; the error names every place searched."""
     searched: list[str] = []
-    explicit = bin_dir or os.environ.get("MESH_LLM_BIN_DIR")
-    if explicit:
-        directory = Path(explicit).expanduser()
+    if bin_dir:
+        directory = Path(bin_dir).expanduser()
         found = _find_in_dir(directory)
         if found is None:
             raise BackendNotFoundError(
@@ -225,7 +224,7 @@ def ensure_backend(
     """
     options = options or BuildOptions()
     say = progress or (lambda msg: log.info("%s", msg))
-    explicit = bool(bin_dir or os.environ.get("MESH_LLM_BIN_DIR"))
+    explicit = bool(bin_dir)
     try:
         bins = locate_backend(bin_dir, backend, options)
     except BackendNotFoundError:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from mesh_llm.protocol.frames import NodeRole
-from mesh_llm.protocol.token import EndpointAddrInfo
+from mesh_llm.protocol.token import EndpointAddrInfo, PeerId
 
 __all__ = [
     "Action",
@@ -77,7 +77,7 @@ class SendGossip:
     ``Timing.gossip_timeout`` call ``gossip_failed(peer_id, now)``.
     """
 
-    peer_id: bytes
+    peer_id: PeerId
     discover: bool = False
 
 
@@ -98,14 +98,14 @@ class Connect:
 class CloseConnection:
     """Close every connection to ``peer_id``; report each with ``connection_lost``."""
 
-    peer_id: bytes
+    peer_id: PeerId
 
 
 @dataclass(frozen=True, slots=True)
 class BroadcastPeerDown:
     """Send ``PeerDown(peer_id)`` (stream 0x06) on every connection but the one to ``peer_id``."""
 
-    peer_id: bytes
+    peer_id: PeerId
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +118,7 @@ class CheckReachable:
     nothing is heard from it within ``timeout``.
     """
 
-    peer_id: bytes
+    peer_id: PeerId
     timeout: float
 
 
@@ -131,7 +131,7 @@ class Probe:
     Probes are independent: do not wait for one to finish before sending the next.
     """
 
-    peer_id: bytes
+    peer_id: PeerId
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +139,7 @@ class PeersChanged:
     """The peer view changed. For the runtime: refresh routing, tunnels, the event stream."""
 
     reason: ChangeReason
-    peer_id: bytes
+    peer_id: PeerId
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +165,7 @@ Action: TypeAlias = (
 class PeerView:
     """One peer as ``/api/status`` shows it."""
 
-    peer_id: bytes
+    peer_id: PeerId
     role: NodeRole
     serving_models: tuple[str, ...]
     hosted_models: tuple[str, ...]

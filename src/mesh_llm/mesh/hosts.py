@@ -12,13 +12,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from mesh_llm.protocol.frames import NodeRole, PeerAnnouncement, RouteEntry, RouteTable
+from mesh_llm.protocol.token import PeerId
 
 __all__ = ["host_rotation_hash", "hosts_for_model", "routable_models", "route_table"]
 
 _U64 = (1 << 64) - 1
 
 
-def host_rotation_hash(own_id: bytes) -> int:
+def host_rotation_hash(own_id: PeerId) -> int:
     """``fold(own_id bytes, 0, (a, b) -> a*31 + b mod 2**64)``."""
     h = 0
     for b in own_id:
@@ -32,7 +33,7 @@ def routable_models(peer: PeerAnnouncement) -> tuple[str, ...]:
     return peer.hosted_models if peer.hosted_models_known else peer.serving_models
 
 
-def hosts_for_model(peers: Iterable[PeerAnnouncement], model: str, own_id: bytes) -> list[bytes]:
+def hosts_for_model(peers: Iterable[PeerAnnouncement], model: str, own_id: PeerId) -> list[PeerId]:
     """Ids of the HOST peers routing ``model``: sorted by id bytes, then rotated left by
     ``host_rotation_hash(own_id) % n`` so that different nodes start at different hosts."""
     ids = sorted(

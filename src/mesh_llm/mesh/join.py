@@ -17,6 +17,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import assert_never
 
+from mesh_llm.protocol.token import PeerId
+
 __all__ = ["JoinFailure", "JoinState", "JoinStatus", "join_status"]
 
 
@@ -31,14 +33,14 @@ class JoinState(enum.StrEnum):
 class JoinFailure:
     """The last thing that went wrong with a bootstrap peer."""
 
-    peer_id: bytes
+    peer_id: PeerId
     reason: str
 
 
 @dataclass(frozen=True, slots=True)
 class JoinStatus:
     state: JoinState
-    peer_id: bytes
+    peer_id: PeerId
     """The bootstrap peer concerned (for ``joined``: the one connected, else any member)."""
     reason: str | None
     """Why the last attempt failed (``failed``, ``retrying``); None otherwise."""
@@ -66,10 +68,10 @@ class JoinStatus:
 
 
 def join_status(
-    bootstrap: Sequence[bytes],
+    bootstrap: Sequence[PeerId],
     *,
-    members: Sequence[bytes],
-    pending: Collection[bytes],
+    members: Sequence[PeerId],
+    pending: Collection[PeerId],
     failure: JoinFailure | None,
     joined_once: bool,
     attempts: int,

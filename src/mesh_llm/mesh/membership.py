@@ -59,7 +59,7 @@ from mesh_llm.protocol.frames import (
     PeerLeaving,
     RouteTable,
 )
-from mesh_llm.protocol.token import EndpointAddrInfo
+from mesh_llm.protocol.token import EndpointAddrInfo, PeerId
 
 __all__ = ["Membership"]
 
@@ -82,7 +82,7 @@ _LOSS_REASONS = {
 }
 
 
-def _short(peer_id: bytes) -> str:
+def _short(peer_id: PeerId) -> str:
     return peer_id[:5].hex()
 
 
@@ -91,7 +91,7 @@ class Membership:
 
     def __init__(
         self,
-        own_id: bytes,
+        own_id: PeerId,
         *,
         now: float,
         timing: Timing | None = None,
@@ -119,11 +119,11 @@ class Membership:
         self._self = PeerAnnouncement(endpoint_id=own_id, hosted_models_known=True)
         self._demand = DemandTable()
         self._peers = PeerTable()
-        self._links: dict[bytes, Link] = {}
-        self._dialing: dict[bytes, _Dial] = {}
-        self._confirming: dict[bytes, float] = {}
-        self._reconnecting: dict[bytes, float] = {}
-        self._heartbeat_pending: dict[bytes, float] = {}
+        self._links: dict[PeerId, Link] = {}
+        self._dialing: dict[PeerId, _Dial] = {}
+        self._confirming: dict[PeerId, float] = {}
+        self._reconnecting: dict[PeerId, float] = {}
+        self._heartbeat_pending: dict[PeerId, float] = {}
         self._next_probe = now + self.timing.probe_interval
         self._next_heartbeat = now + self.timing.heartbeat_interval
         self._next_rejoin = now + self.timing.rejoin_interval
@@ -139,22 +139,22 @@ class Membership:
     def self_announcement(self) -> PeerAnnouncement:
         return self._self
 
-    def peer_ids(self) -> list[bytes]:
+    def peer_ids(self) -> list[PeerId]:
         """Every peer in the view (admitted and transitive), sorted."""
         return self._peers.ids()
 
-    def announcement(self, peer_id: bytes) -> PeerAnnouncement | None:
+    def announcement(self, peer_id: PeerId) -> PeerAnnouncement | None:
         info = self._peers.get(peer_id)
         return None if info is None else info.announcement
 
-    def is_admitted(self, peer_id: bytes) -> bool:
+    def is_admitted(self, peer_id: PeerId) -> bool:
         """May ``peer_id`` use gated streams? Only once it gossiped to us over its own link."""
         return self._peers.is_direct(peer_id)
 
-    def is_connected(self, peer_id: bytes) -> bool:
+    def is_connected(self, peer_id: PeerId) -> bool:
         return peer_id in self._links
 
-    def is_dead(self, peer_id: bytes) -> bool:
+    def is_dead(self, peer_id: PeerId) -> bool:
         return self._peers.is_dead(peer_id)
 
     def demand(self) -> tuple[DemandEntry, ...]:
@@ -176,7 +176,7 @@ class Membership:
         """Every known peer as ``/api/status`` shows it, sorted by id."""
         return self._peers.views(now, frozenset(self._links))
 
-    def hosts_for_model(self, model: str, own_id: bytes | None = None) -> list[bytes]:
+    def hosts_for_model(self, model: str, own_id: PeerId | None = None) -> list[PeerId]:
         """HOST peers routing ``model``, in this node's rotation order."""
         return hosts_for_model(
             self._peers.announcements(), model, self.own_id if own_id is None else own_id
@@ -197,7 +197,7 @@ class Membership:
     def route_table(self) -> RouteTable:
         return route_table(self._self, self._peers.announcements(), self._mesh_id)
 
-    def heartbeat_targets(self) -> list[bytes]:
+    def heartbeat_targets(self) -> list[PeerId]:
         """All known peers (transitive included); above ``heartbeat_fanout``, a random subset.
         Draws from the injected RNG."""
         ids = self._peers.ids()
@@ -260,7 +260,7 @@ class Membership:
     # ------------------------------------------------------------------------------------------
     # Inputs from the transport adapter
 
-    def connection_up(self, peer_id: bytes, inbound: bool, now: float) -> list[Action]:
+    def connection_up(self, peer_id: PeerId, inbound: bool, now: float) -> list[Action]:
         """A connection to ``peer_id`` (TLS-verified) is established."""
         if peer_id == self.own_id:
             return []
@@ -279,7 +279,7 @@ class Membership:
         discover = dial is not None and dial.reason in (ConnectReason.JOIN, ConnectReason.REJOIN)
         return [SendGossip(peer_id, discover=discover)]
 
-    def connection_lost(self, peer_id: bytes, now: float) -> list[Action]:
+    def connection_lost(self, peer_id: PeerId, now: float) -> list[Action]:
         """A connection to ``peer_id`` closed (not one we closed on a CloseConnection)."""
         link = self._links.get(peer_id)
         if link is None:
@@ -303,7 +303,9 @@ class Membership:
         self._reconnecting[peer_id] = now + link.dead_after(self.timing)
         return self._dial(addr, ConnectReason.RECONNECT, now)
 
-    def connect_failed(self, peer_id: bytes, now: float, reason: str | None = None) -> list[Action]:
+    def connect_failed(
+        self, peer_id: PeerId, now: float, reason: str | None = None
+    ) -> list[Action]:
         """A :class:`Connect` to ``peer_id`` failed or timed out (``reason``: the transport's
         words, shown in the join state)."""
         dial = self._dialing.pop(peer_id, None)
@@ -311,7 +313,7 @@ class Membership:
             return []
         return self._dial_failed(peer_id, dial.reason, now, reason or "the connection failed")
 
-    def gossip_failed(self, peer_id: bytes, now: float, reason: str | None = None) -> list[Action]:
+    def gossip_failed(self, peer_id: PeerId, now: float, reason: str | None = None) -> list[Action]:
         """A :class:`SendGossip` exchange failed or timed out."""
         if peer_id in self._bootstrap_ids and not self._peers.is_direct(peer_id):
             why = reason or "no answer"
@@ -320,13 +322,13 @@ class Membership:
             return self._heartbeat_failed(peer_id, now)
         return []
 
-    def heard_from(self, peer_id: bytes, now: float) -> list[Action]:
+    def heard_from(self, peer_id: PeerId, now: float) -> list[Action]:
         """Any inbound traffic from ``peer_id`` (stream accepted, data read): proof of life."""
         self._heard(peer_id, now)
         return []
 
     def probe_result(
-        self, peer_id: bytes, ok: bool, rtt_ms: float | None, now: float
+        self, peer_id: PeerId, ok: bool, rtt_ms: float | None, now: float
     ) -> list[Action]:
         """Outcome of a :class:`Probe` or :class:`CheckReachable` ping."""
         if not ok:
@@ -340,7 +342,7 @@ class Membership:
         return []
 
     def gossip_received(
-        self, remote_id: bytes, frame: GossipFrame, now: float, *, discover: bool = False
+        self, remote_id: PeerId, frame: GossipFrame, now: float, *, discover: bool = False
     ) -> list[Action]:
         """Process a validated gossip frame from ``remote_id`` (the TLS-verified sender), either a
         request we answered or the reply to our :class:`SendGossip` (``discover`` as requested).
@@ -361,7 +363,7 @@ class Membership:
             actions += self._discover(remote_id, frame, now)
         return actions
 
-    def peer_down_received(self, remote_id: bytes, msg: PeerDown, now: float) -> list[Action]:
+    def peer_down_received(self, remote_id: PeerId, msg: PeerDown, now: float) -> list[Action]:
         """``remote_id`` reports ``msg.peer_id`` dead. Without a connection to it we believe the
         report; with one we check it first."""
         self._heard(remote_id, now)
@@ -377,13 +379,15 @@ class Membership:
         self._confirming[target] = now + timeout
         return [CheckReachable(target, timeout)]
 
-    def peer_unreachable_confirmed(self, peer_id: bytes, now: float) -> list[Action]:
+    def peer_unreachable_confirmed(self, peer_id: PeerId, now: float) -> list[Action]:
         """The :class:`CheckReachable` ping went unanswered: remove the peer."""
         if self._confirming.pop(peer_id, None) is None:
             return []
         return self._remove(peer_id, now, ChangeReason.DOWN, mark_dead=True)
 
-    def peer_leaving_received(self, remote_id: bytes, msg: PeerLeaving, now: float) -> list[Action]:
+    def peer_leaving_received(
+        self, remote_id: PeerId, msg: PeerLeaving, now: float
+    ) -> list[Action]:
         """``remote_id`` is shutting down. Only the leaver itself may say so."""
         if msg.peer_id != remote_id or remote_id == self.own_id:
             return []
@@ -440,10 +444,10 @@ class Membership:
     # ------------------------------------------------------------------------------------------
     # Internals
 
-    def _connected_members(self, *, exclude: bytes | None = None) -> list[bytes]:
+    def _connected_members(self, *, exclude: PeerId | None = None) -> list[PeerId]:
         return [pid for pid in sorted(self._links) if pid != exclude and self._peers.is_direct(pid)]
 
-    def _heard(self, peer_id: bytes, now: float) -> None:
+    def _heard(self, peer_id: PeerId, now: float) -> None:
         link = self._links.get(peer_id)
         if link is None:
             return
@@ -463,7 +467,7 @@ class Membership:
         return [Connect(addr, reason, timeout)]
 
     def _dial_failed(
-        self, peer_id: bytes, reason: ConnectReason, now: float, why: str
+        self, peer_id: PeerId, reason: ConnectReason, now: float, why: str
     ) -> list[Action]:
         if peer_id in self._bootstrap_ids:
             self._join_failed(peer_id, why)
@@ -473,7 +477,7 @@ class Membership:
             return self._heartbeat_failed(peer_id, now)
         return []
 
-    def _admit(self, remote_id: bytes, entry: PeerAnnouncement, now: float) -> list[Action]:
+    def _admit(self, remote_id: PeerId, entry: PeerAnnouncement, now: float) -> list[Action]:
         actions: list[Action] = []
         if self._mesh_id is None and entry.mesh_id:
             self._mesh_id = entry.mesh_id
@@ -515,8 +519,8 @@ class Membership:
             case _:
                 return []
 
-    def _discover(self, remote_id: bytes, frame: GossipFrame, now: float) -> list[Action]:
-        candidates: dict[bytes, EndpointAddrInfo] = {}
+    def _discover(self, remote_id: PeerId, frame: GossipFrame, now: float) -> list[Action]:
+        candidates: dict[PeerId, EndpointAddrInfo] = {}
         for entry in frame.peers:
             pid = entry.endpoint_id
             info = self._peers.get(pid)
@@ -560,7 +564,7 @@ class Membership:
         self._peers.expire_dead(now, t.dead_ttl)
         return actions
 
-    def _heartbeat_failed(self, peer_id: bytes, now: float) -> list[Action]:
+    def _heartbeat_failed(self, peer_id: PeerId, now: float) -> list[Action]:
         self._heartbeat_pending.pop(peer_id, None)
         info = self._peers.get(peer_id)
         if info is None or now - info.last_seen < self.timing.gossip_horizon:
@@ -573,7 +577,7 @@ class Membership:
 
     def _remove(
         self,
-        peer_id: bytes,
+        peer_id: PeerId,
         now: float,
         reason: ChangeReason,
         *,
@@ -597,7 +601,7 @@ class Membership:
                 self._join_failed(peer_id, _LOSS_REASONS.get(reason, reason.value))
         return actions
 
-    def _join_failed(self, peer_id: bytes, why: str) -> None:
+    def _join_failed(self, peer_id: PeerId, why: str) -> None:
         """Record (and say, at WARNING while not in any mesh) why joining did not work."""
         failure = JoinFailure(peer_id, why)
         self._join_failure = failure

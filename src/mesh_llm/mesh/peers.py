@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from mesh_llm.mesh.actions import PeerView
 from mesh_llm.protocol.frames import PeerAnnouncement
-from mesh_llm.protocol.token import EndpointAddrInfo
+from mesh_llm.protocol.token import EndpointAddrInfo, PeerId
 
 __all__ = ["Admission", "DeadEntry", "PeerInfo", "PeerTable", "addr_count", "strip_self_fields"]
 
@@ -75,8 +75,8 @@ class PeerTable:
     __slots__ = ("_dead", "_peers")
 
     def __init__(self) -> None:
-        self._peers: dict[bytes, PeerInfo] = {}
-        self._dead: dict[bytes, DeadEntry] = {}
+        self._peers: dict[PeerId, PeerInfo] = {}
+        self._dead: dict[PeerId, DeadEntry] = {}
 
     # Peers ------------------------------------------------------------------------------------
 
@@ -86,20 +86,20 @@ class PeerTable:
     def __len__(self) -> int:
         return len(self._peers)
 
-    def get(self, peer_id: bytes) -> PeerInfo | None:
+    def get(self, peer_id: PeerId) -> PeerInfo | None:
         return self._peers.get(peer_id)
 
-    def ids(self) -> list[bytes]:
+    def ids(self) -> list[PeerId]:
         return sorted(self._peers)
 
-    def items(self) -> Iterator[tuple[bytes, PeerInfo]]:
+    def items(self) -> Iterator[tuple[PeerId, PeerInfo]]:
         """(id, info) pairs sorted by id; safe to remove peers while iterating."""
         return iter(sorted(self._peers.items()))
 
     def announcements(self) -> list[PeerAnnouncement]:
         return [info.announcement for info in self._peers.values()]
 
-    def is_direct(self, peer_id: bytes) -> bool:
+    def is_direct(self, peer_id: PeerId) -> bool:
         info = self._peers.get(peer_id)
         return info is not None and info.direct
 
@@ -141,20 +141,20 @@ class PeerTable:
         info.announcement = ann
         return Admission.UPDATED
 
-    def touch(self, peer_id: bytes, now: float) -> None:
+    def touch(self, peer_id: PeerId, now: float) -> None:
         """``peer_id`` was just proven alive directly."""
         info = self._peers.get(peer_id)
         if info is not None and now > info.last_seen:
             info.last_seen = now
 
-    def record_rtt(self, peer_id: bytes, rtt_ms: float) -> None:
+    def record_rtt(self, peer_id: PeerId, rtt_ms: float) -> None:
         info = self._peers.get(peer_id)
         if info is not None:
             sample = round(rtt_ms)
             if info.rtt_ms is None or sample < info.rtt_ms:
                 info.rtt_ms = sample
 
-    def remove(self, peer_id: bytes) -> PeerInfo | None:
+    def remove(self, peer_id: PeerId) -> PeerInfo | None:
         return self._peers.pop(peer_id, None)
 
     def gossip_entries(self, now: float, horizon: float) -> list[PeerAnnouncement]:
@@ -167,7 +167,7 @@ class PeerTable:
             models.update(info.announcement.requested_models)
         return models
 
-    def views(self, now: float, connected: frozenset[bytes]) -> list[PeerView]:
+    def views(self, now: float, connected: frozenset[PeerId]) -> list[PeerView]:
         return [
             PeerView(
                 peer_id=pid,
@@ -188,16 +188,16 @@ class PeerTable:
 
     # Dead set ---------------------------------------------------------------------------------
 
-    def is_dead(self, peer_id: bytes) -> bool:
+    def is_dead(self, peer_id: PeerId) -> bool:
         return peer_id in self._dead
 
-    def dead_entry(self, peer_id: bytes) -> DeadEntry | None:
+    def dead_entry(self, peer_id: PeerId) -> DeadEntry | None:
         return self._dead.get(peer_id)
 
-    def mark_dead(self, peer_id: bytes, now: float) -> None:
+    def mark_dead(self, peer_id: PeerId, now: float) -> None:
         self._dead[peer_id] = DeadEntry(since=now)
 
-    def clear_dead(self, peer_id: bytes) -> bool:
+    def clear_dead(self, peer_id: PeerId) -> bool:
         """Forget that ``peer_id`` was dead; True if it was."""
         return self._dead.pop(peer_id, None) is not None
 

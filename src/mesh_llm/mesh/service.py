@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 MAX_STREAM_TASKS_PER_CONN = 1024
 
 
-def _short(peer_id: bytes) -> str:
+def _short(peer_id: PeerId) -> str:
     return peer_id[:5].hex()
 
 
@@ -96,12 +96,12 @@ class MeshService:
         self._on_change = on_change
         self._on_mesh_id = on_mesh_id or (lambda _mesh_id: None)
         self._clock = clock
-        self._conns: dict[bytes, _ConnState] = {}
+        self._conns: dict[PeerId, _ConnState] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._closing = False
-        self.traffic: dict[bytes, PeerTraffic] = {}
-        self.rpc_handler: Callable[[bytes, BiStream], Coroutine[Any, Any, None]] | None = None
+        self.traffic: dict[PeerId, PeerTraffic] = {}
+        self.rpc_handler: Callable[[PeerId, BiStream], Coroutine[Any, Any, None]] | None = None
         """Serves inbound RPC tunnels (0x02) from admitted peers; None: they are refused."""
 
     # ------------------------------------------------------------------------------ lifecycle
@@ -231,7 +231,7 @@ class MeshService:
                 if not self._closing:
                     self.apply(self.membership.connection_lost(peer, self._clock()))
 
-    def _close_peer(self, peer: bytes) -> None:
+    def _close_peer(self, peer: PeerId) -> None:
         state = self._conns.get(peer)
         if state is not None:
             with contextlib.suppress(TransportError):
@@ -258,14 +258,14 @@ class MeshService:
 
     # --------------------------------------------------------------------------- outbound ops
 
-    def is_connected(self, peer: bytes) -> bool:
+    def is_connected(self, peer: PeerId) -> bool:
         return self._conn(peer) is not None
 
-    def _conn(self, peer: bytes) -> Conn | None:
+    def _conn(self, peer: PeerId) -> Conn | None:
         state = self._conns.get(peer)
         return None if state is None or state.conn.is_closed else state.conn
 
-    async def _gossip(self, peer: bytes, discover: bool) -> None:
+    async def _gossip(self, peer: PeerId, discover: bool) -> None:
         conn = self._conn(peer)
         if conn is None:
             self.apply(self.membership.gossip_failed(peer, self._clock(), "no connection"))
@@ -288,7 +288,7 @@ class MeshService:
         self._record_rtt(peer, conn, now)
         self.apply(self.membership.gossip_received(peer, reply, now, discover=discover))
 
-    def _record_rtt(self, peer: bytes, conn: Conn, now: float) -> None:
+    def _record_rtt(self, peer: PeerId, conn: Conn, now: float) -> None:
         with contextlib.suppress(TransportError):
             rtt = conn.rtt_ms()
             if rtt is not None:
@@ -303,7 +303,7 @@ class MeshService:
         except (TransportError, TimeoutError) as exc:
             log.debug("one-way send to %s failed: %s", conn.remote_id[:10], exc)
 
-    async def _broadcast_peer_down(self, dead: bytes) -> None:
+    async def _broadcast_peer_down(self, dead: PeerId) -> None:
         frame = encode_frame(StreamType.PEER_DOWN, encode_peer_down(PeerDown(dead)))
         sends = [
             self._send_oneway(state.conn, frame)
@@ -312,7 +312,7 @@ class MeshService:
         ]
         await asyncio.gather(*sends, return_exceptions=True)
 
-    async def _probe(self, peer: bytes) -> None:
+    async def _probe(self, peer: PeerId) -> None:
         conn = self._conn(peer)
         ok = False
         if conn is not None:
@@ -326,7 +326,7 @@ class MeshService:
                 rtt = conn.rtt_ms()
         self.apply(self.membership.probe_result(peer, ok, rtt, self._clock()))
 
-    async def _check_reachable(self, peer: bytes, limit_s: float) -> None:
+    async def _check_reachable(self, peer: PeerId, limit_s: float) -> None:
         conn = self._conn(peer)
         ok = False
         if conn is not None:
@@ -338,7 +338,7 @@ class MeshService:
         else:
             self.apply(self.membership.peer_unreachable_confirmed(peer, now))
 
-    async def open_stream(self, peer: bytes, kind: StreamType) -> BiStream:
+    async def open_stream(self, peer: PeerId, kind: StreamType) -> BiStream:
         """Open a stream of type ``kind`` to ``peer`` (type byte written); TransportError if not."""
         conn = self._conn(peer)
         if conn is None:
@@ -402,7 +402,7 @@ class MeshService:
         async with asyncio.timeout(self.membership.timing.frame_read_timeout):
             return await _read_frame(stream)
 
-    async def _serve_gossip(self, peer: bytes, stream: BiStream) -> None:
+    async def _serve_gossip(self, peer: PeerId, stream: BiStream) -> None:
         body = await self._read_frame_timed(stream)
         frame = decode_gossip_frame(body, remote_id=peer)  # invalid: no reply, peer stays out
         reply = encode_gossip_frame(self.membership.gossip_frame(self._clock()))
@@ -420,7 +420,7 @@ class MeshService:
         await stream.write(encode_reply(encode_route_table(self.membership.route_table())))
         await stream.finish()
 
-    async def _serve_http_tunnel(self, peer: bytes, stream: BiStream) -> None:
+    async def _serve_http_tunnel(self, peer: PeerId, stream: BiStream) -> None:
         """An HTTP request through the mesh: served by this node's local-only ingress (so a
         tunnelled request is never forwarded again), straight from the stream."""
         if self._serve_http is None:

@@ -35,6 +35,7 @@ from mesh_llm.protocol.streams import MAX_CONTROL_FRAME_BYTES, NODE_PROTOCOL_GEN
 from mesh_llm.protocol.token import (
     EndpointAddrInfo,
     InvalidTokenError,
+    PeerId,
     decode_addr_json,
     encode_addr_json,
 )
@@ -220,7 +221,7 @@ class PeerAnnouncement:
     the sender's self entry.
     """
 
-    endpoint_id: bytes
+    endpoint_id: PeerId
     role: NodeRole = NodeRole.WORKER
     http_port: int | None = None
     version: str | None = None
@@ -252,7 +253,7 @@ class PeerAnnouncement:
 class GossipFrame:
     """Stream 0x01 in both directions: the sender's view of the mesh, self entry last."""
 
-    sender_id: bytes
+    sender_id: PeerId
     peers: tuple[PeerAnnouncement, ...]
 
 
@@ -260,12 +261,12 @@ class GossipFrame:
 class RouteTableRequest:
     """Stream 0x05 request; ``requester_id`` is None when the requester sends no id."""
 
-    requester_id: bytes | None = None
+    requester_id: PeerId | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class RouteEntry:
-    endpoint_id: bytes
+    endpoint_id: PeerId
     model: str
 
 
@@ -281,28 +282,28 @@ class RouteTable:
 class PeerDown:
     """Stream 0x06: the sender believes ``peer_id`` is dead."""
 
-    peer_id: bytes
+    peer_id: PeerId
 
 
 @dataclass(frozen=True, slots=True)
 class PeerLeaving:
     """Stream 0x07: the sender (``peer_id``) is shutting down."""
 
-    peer_id: bytes
+    peer_id: PeerId
 
 
 @dataclass(frozen=True, slots=True)
 class TunnelEntry:
-    target_peer_id: bytes
+    target_peer_id: PeerId
     tunnel_port: int
-    relay_peer_id: bytes | None = None
+    relay_peer_id: PeerId | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class TunnelMap:
     """Stream 0x03: the owner's local tunnel port for each target peer."""
 
-    owner_peer_id: bytes
+    owner_peer_id: PeerId
     entries: tuple[TunnelEntry, ...] = ()
 
 
@@ -343,10 +344,10 @@ def _check_gen(gen: int, what: str) -> None:
         raise FrameError(f"{what}: unsupported protocol generation {gen}")
 
 
-def _check_id(value: bytes, what: str) -> bytes:
+def _check_id(value: bytes, what: str) -> PeerId:
     if len(value) != _ID_BYTES:
         raise FrameError(f"{what} must be {_ID_BYTES} bytes, got {len(value)}")
-    return bytes(value)
+    return PeerId(bytes(value))
 
 
 def _check_remote(remote_id: bytes) -> None:

@@ -76,17 +76,17 @@ class EndpointAddrInfo:
         return cls(ident, relays, ips)
 
     @property
-    def id_bytes(self) -> bytes:
+    def id_bytes(self) -> PeerId:
         """The 32-byte public key."""
-        return bytes.fromhex(self.id_hex)
+        return PeerId(bytes.fromhex(self.id_hex))
 
 
-def parse_endpoint_id(text: str) -> bytes:
+def parse_endpoint_id(text: str) -> PeerId:
     """Parse an endpoint id written as 64 hex chars or iroh's 52-char base32 form."""
     if len(text) == 2 * _ID_BYTES:
         if not _HEX_CHARS.issuperset(text):
             raise InvalidTokenError("endpoint id is not valid hex")
-        return bytes.fromhex(text)
+        return PeerId(bytes.fromhex(text))
     if len(text) == 52:
         try:
             raw = base64.b32decode(text.upper() + "====")
@@ -94,7 +94,7 @@ def parse_endpoint_id(text: str) -> bytes:
             raise InvalidTokenError("endpoint id is not valid base32") from exc
         if base64.b32encode(raw).decode().rstrip("=").lower() != text.lower():
             raise InvalidTokenError("endpoint id is not canonical base32")
-        return raw
+        return PeerId(raw)
     raise InvalidTokenError(f"endpoint id must be 64 hex or 52 base32 chars, got {len(text)}")
 
 

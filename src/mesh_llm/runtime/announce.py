@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mesh_llm import __version__
-from mesh_llm.protocol import EndpointAddrInfo, NodeRole, PeerAnnouncement, ServedModel
+from mesh_llm.protocol import EndpointAddrInfo, NodeRole, PeerAnnouncement, PeerId, ServedModel
 from mesh_llm.runtime.view import RunnerView
 
 __all__ = ["node_role", "self_announcement"]
@@ -23,7 +23,7 @@ def node_role(client: bool, runners: Sequence[RunnerView]) -> NodeRole:
 
 def self_announcement(
     *,
-    endpoint_id: bytes,
+    endpoint_id: PeerId,
     addr: EndpointAddrInfo,
     client: bool,
     runners: Sequence[RunnerView],

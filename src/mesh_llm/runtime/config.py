@@ -62,6 +62,12 @@ class NodeConfig:
     ephemeral_key: bool = False
     """Use a fresh identity for this run instead of the state dir's key
     (``MESH_LLM_EPHEMERAL_KEY``; a ``--client`` always does)."""
+    iroh_fast: bool = True
+    """Install the iroh fast path when binding the endpoint (``MESH_LLM_IROH_FAST=0``: off;
+    docs/DESIGN.md "The mesh")."""
+    native_relay: bool = True
+    """Relay streamed bytes with the C loops when they build (``MESH_LLM_NATIVE_RELAY=0``: off,
+    the relays stay in Python)."""
 
     @property
     def bind_host(self) -> str:

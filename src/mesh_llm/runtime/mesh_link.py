@@ -144,6 +144,7 @@ class MeshLink:
                 no_relay=self.config.no_relay,
                 bind_ip=self.config.bind_ip,
                 bind_port=port,
+                patch_bindings=self.config.iroh_fast,
             )
         except PortInUseError:
             if reuse is None:
@@ -159,6 +160,7 @@ class MeshLink:
                 no_relay=self.config.no_relay,
                 bind_ip=self.config.bind_ip,
                 bind_port=None,
+                patch_bindings=self.config.iroh_fast,
             )
         if not ephemeral:
             record = port_record(key, self.transport.bound_sockets())
@@ -282,7 +284,7 @@ class MeshLink:
                         (s.context_length for s in ann.served_models if s.name == model), None
                     )
                 targets.setdefault(model, []).append(
-                    Target(model, f"peer:{peer.hex()}", None, PeerId(peer), ctx)
+                    Target(model, f"peer:{peer.hex()}", None, peer, ctx)
                 )
         return targets
 

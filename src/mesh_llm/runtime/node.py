@@ -799,7 +799,7 @@ class Node:
             lease.release()
 
     async def _run_with_home(self) -> int:
-        prepare_native_relay()
+        prepare_native_relay(enabled=self.config.native_relay)
         reaped = reap_recorded_children(self.registry)
         if reaped:
             log.warning("stopped %d llama.cpp process(es) left by a previous run", reaped)

@@ -28,7 +28,7 @@ from mesh_llm.inference import (
 from mesh_llm.mesh import MeshService
 from mesh_llm.models import RpcStore
 from mesh_llm.network import BiStream, RpcTunnelHost, WorkerSources, serve_rpc_tunnel
-from mesh_llm.protocol import RpcTunnelStats, StreamType
+from mesh_llm.protocol import PeerId, RpcTunnelStats, StreamType
 from mesh_llm.system import cache_dir
 
 __all__ = ["RpcLink"]
@@ -119,7 +119,7 @@ class RpcLink:
             log.info("rpc-server is back (restart %d); offering this node as a worker", crashes)
             self._on_change()
 
-    async def _serve(self, peer: bytes, stream: BiStream) -> None:
+    async def _serve(self, peer: PeerId, stream: BiStream) -> None:
         port, sources = self.port, self._sources
         if port is None or sources is None:
             await stream.reset(5)
@@ -136,7 +136,8 @@ class RpcLink:
         if host is None:
 
             async def open_stream() -> BiStream:
-                return await service.open_stream(peer, StreamType.TUNNEL_RPC)
+                # the split plan's ids (inference.Member.node_id) are plain bytes
+                return await service.open_stream(PeerId(peer), StreamType.TUNNEL_RPC)
 
             stats = self.stats.setdefault(peer, RpcTunnelStats())
             weights = await asyncio.to_thread(host_weights, model_path)

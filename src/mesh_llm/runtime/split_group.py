@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from mesh_llm.inference import Member
-from mesh_llm.protocol import NodeRole, PeerAnnouncement
+from mesh_llm.protocol import NodeRole, PeerAnnouncement, PeerId
 
 __all__ = ["PeerSnapshot", "SplitGroup", "split_group"]
 
@@ -20,7 +20,7 @@ __all__ = ["PeerSnapshot", "SplitGroup", "split_group"]
 class PeerSnapshot:
     """One peer as split planning sees it at one moment."""
 
-    peer_id: bytes
+    peer_id: PeerId
     announcement: PeerAnnouncement
     rtt_ms: float | None
     """Best measured round trip; None when never measured."""

@@ -32,10 +32,15 @@ def test_bin_dir_wins(tmp_path: Path) -> None:
     assert found.rpc_server.name == "rpc-server"
 
 
-def test_env_bin_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_environment_is_the_clis_to_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``MESH_LLM_BIN_DIR`` reaches here as ``bin_dir`` (tests/unit/cli/test_environment.py)."""
     make_bins(tmp_path / "env")
     monkeypatch.setenv("MESH_LLM_BIN_DIR", str(tmp_path / "env"))
-    assert locate_backend().source == "bin-dir"
+    with pytest.raises(BackendNotFoundError):
+        locate_backend()
+    assert locate_backend(tmp_path / "env").source == "bin-dir"
 
 
 def test_bin_dir_without_binaries_is_an_error(tmp_path: Path) -> None:

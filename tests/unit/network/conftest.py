@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from collections.abc import AsyncIterator
 
 import pytest
 from iroh import iroh_ffi
 
+from mesh_llm.cli.environment import fast_path
 from mesh_llm.network.relay import native as native_relay
 from mesh_llm.network.transport import BiStream, Conn, Transport, _iroh_async
 
@@ -25,7 +27,7 @@ def relay_loops(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
         use_generated_driver(monkeypatch)
     elif request.param == "python":
         pass
-    elif native_relay._disabled():
+    elif not fast_path(os.environ).native_relay:
         pytest.skip("the native relay is switched off (MESH_LLM_NATIVE_RELAY)")
     elif shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler: the native relay cannot be built here")

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mesh_llm.cli import environment
 from mesh_llm.inference import (
     LLAMA_CPP_COMMIT,
     Backend,
@@ -101,7 +102,9 @@ def _install(args: argparse.Namespace, backend: Backend | None) -> int:
     def say(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    bins = ensure_backend(args.bin_dir, backend, options=options, progress=say)
+    bins = ensure_backend(
+        environment.bin_dir(args.bin_dir, os.environ), backend, options=options, progress=say
+    )
     if args.selftest:
         result = prove_backend(bins, progress=say, force=True)
         if not result.ok:
@@ -123,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     backend = Backend(args.backend) if args.backend else None
     if args.backend_command == "install":
         return _install(args, backend)
-    bins = locate_backend(args.bin_dir, backend)
+    bins = locate_backend(environment.bin_dir(args.bin_dir, os.environ), backend)
     build = _build_info(bins.llama_server.parent)
     commit = bins.commit or ("unknown" if bins.source != "cache" else LLAMA_CPP_COMMIT)
     info = {

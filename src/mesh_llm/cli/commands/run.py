@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from mesh_llm.cli import environment
 from mesh_llm.cli.credentials import api_keys, exposure_warning, join_tokens
 from mesh_llm.errors import ConfigError
 from mesh_llm.inference import BuildOptions
@@ -123,6 +124,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
             raise ConfigError(f"--gguf {path}: no such file")
     if args.chat_template_file is not None and not args.chat_template_file.is_file():
         raise ConfigError(f"--chat-template-file {args.chat_template_file}: no such file")
+    fast = environment.fast_path(os.environ)
     return NodeConfig(
         models=tuple(args.model),
         gguf=tuple(args.gguf),
@@ -131,7 +133,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         listen_all=args.listen_all,
         max_vram_gb=args.max_vram,
         ctx_size=args.ctx_size,
-        bin_dir=args.bin_dir,
+        bin_dir=environment.bin_dir(args.bin_dir, os.environ),
         device=args.device,
         backend=args.backend,
         build=BuildOptions.from_environ(os.environ),
@@ -157,7 +159,9 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         model_substitution=not args.no_model_substitution,
         cold_start_timeout=args.cold_start_timeout,
         standby=not args.no_standby,
-        ephemeral_key=bool(os.environ.get("MESH_LLM_EPHEMERAL_KEY")),
+        ephemeral_key=environment.ephemeral_key(os.environ),
+        iroh_fast=fast.iroh_fast,
+        native_relay=fast.native_relay,
     )
 
 

@@ -15,7 +15,8 @@ Python per second instead of one per token.
 The library is built from the packaged source with the system C compiler (``cc``, warnings on:
 :data:`CFLAGS`) into ``cache_dir()/native`` under a name derived from the source's hash, by
 ``mesh-llm backend install`` or in the background at node start (:func:`prepare`). Without a
-compiler, with ``MESH_LLM_NATIVE_RELAY=0``, the relays stay in Python; so do the stream loops
+compiler, or switched off (``prepare(enabled=False)``: a node's configuration, which the CLI
+takes from ``MESH_LLM_NATIVE_RELAY=0``), the relays stay in Python; so do the stream loops
 while the iroh fast path is off or the bindings do not match: their entry points' C types
 (checked by the transport) and uniffi's ``RustBuffer``/``RustCallStatus`` layout, which the
 library reports as it was compiled and which must equal the bindings' ctypes definitions.
@@ -51,6 +52,7 @@ __all__ = [
     "available",
     "build",
     "compile_command",
+    "disable",
     "library_path",
     "load",
     "prepare",
@@ -63,7 +65,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SOURCE: Final = Path(__file__).with_name("native_relay.c")
-_ENV: Final = "MESH_LLM_NATIVE_RELAY"
 _ABI: Final = 2
 _BUILD_TIMEOUT_S: Final = 120
 CFLAGS: Final = ("-O2", "-fPIC", "-shared", "-pthread", "-Wall", "-Wextra")
@@ -154,10 +155,6 @@ def compile_command(compiler: str, output: Path, *, werror: bool = False) -> lis
     return [compiler, *flags, "-o", str(output), str(SOURCE)]
 
 
-def _disabled() -> bool:
-    return os.environ.get(_ENV, "").strip().lower() in ("0", "false", "no", "off")
-
-
 def load(*, build_if_missing: bool = True) -> bool:
     """Load the library (building it first if allowed); True if the socket loop is available.
     Idempotent and thread-safe; a failure is logged once and remembered."""
@@ -165,9 +162,6 @@ def load(*, build_if_missing: bool = True) -> bool:
     with _lock:
         if _lib is not None or _failure is not None:
             return _lib is not None
-        if _disabled():
-            _failure = f"disabled by {_ENV}"
-            return False
         path = library_path()
         if not build_if_missing and not path.exists():
             return False  # not built yet: a later load may build it
@@ -187,9 +181,21 @@ def load(*, build_if_missing: bool = True) -> bool:
         return True
 
 
-def prepare() -> None:
+def disable(reason: str) -> None:
+    """Keep the relays in Python for the rest of the process (unless already loaded);
+    ``reason`` is what :func:`unavailable_reason` and :func:`status` say."""
+    global _failure
+    with _lock:
+        if _lib is None and _failure is None:
+            _failure = reason
+
+
+def prepare(*, enabled: bool = True) -> None:
     """Load the library now if it is built, else build and load it in a background thread
-    (the relays stay in Python until then)."""
+    (the relays stay in Python until then). ``enabled=False``: :func:`disable` it instead."""
+    if not enabled:
+        disable("switched off by the configuration (MESH_LLM_NATIVE_RELAY=0)")
+        return
     if load(build_if_missing=False):
         return
     threading.Thread(target=load, name="mesh-llm-native-relay-build", daemon=True).start()

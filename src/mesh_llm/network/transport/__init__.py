@@ -3,13 +3,11 @@
 from mesh_llm.network.transport.endpoint import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_RELAY_URLS,
-    IROH_FAST_ENV,
     MAX_CONCURRENT_BI_STREAMS,
     BiStream,
     Conn,
     Transport,
     generate_key,
-    iroh_fast_path_enabled,
     load_or_create_key,
 )
 from mesh_llm.network.transport.ffi import LAYOUT_KEYS, FfiStreams, bindings_layout, ffi_streams
@@ -17,7 +15,6 @@ from mesh_llm.network.transport.ffi import LAYOUT_KEYS, FfiStreams, bindings_lay
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_RELAY_URLS",
-    "IROH_FAST_ENV",
     "LAYOUT_KEYS",
     "MAX_CONCURRENT_BI_STREAMS",
     "BiStream",
@@ -27,6 +24,5 @@ __all__ = [
     "bindings_layout",
     "ffi_streams",
     "generate_key",
-    "iroh_fast_path_enabled",
     "load_or_create_key",
 ]

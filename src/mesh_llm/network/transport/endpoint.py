@@ -18,12 +18,12 @@ back within the timeout.
 Timeouts are the caller's: wrap calls in ``asyncio.timeout()``. A read cancelled mid-way may lose
 the bytes it had consumed, so a stream whose read timed out must be discarded.
 
-Fast path: unless switched off (``Transport.bind(patch_bindings=False)``, or
-``MESH_LLM_IROH_FAST=0`` in the environment, read by :func:`iroh_fast_path_enabled` only),
-binding an endpoint first replaces the bindings' byte-by-byte write copy (:mod:`._iroh_patch`)
-and their async driver (:mod:`._iroh_async`), each only if the installed bindings still have the
-code it replaces. Both are optional: without them every call goes through the bindings'
-generated code, and the blocking calls of relay threads run as tasks on the stream's event loop
+Fast path: unless switched off (``Transport.bind(patch_bindings=False)``, which a node does
+when its configuration says so: ``MESH_LLM_IROH_FAST=0``, read by the CLI), binding an endpoint
+first replaces the bindings' byte-by-byte write copy (:mod:`._iroh_patch`) and their async
+driver (:mod:`._iroh_async`), each only if the installed bindings still have the code it
+replaces. Both are optional: without them every call goes through the bindings' generated code,
+and the blocking calls of relay threads run as tasks on the stream's event loop
 instead (slower, same results).
 """
 
@@ -35,7 +35,7 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
@@ -47,18 +47,16 @@ from mesh_llm.network.transport import _iroh_async as iroh_async
 from mesh_llm.network.transport import _iroh_direct as iroh_direct
 from mesh_llm.network.transport import _iroh_patch as iroh_patch
 from mesh_llm.protocol.streams import ALPN
-from mesh_llm.protocol.token import EndpointAddrInfo, InvalidTokenError
+from mesh_llm.protocol.token import EndpointAddrInfo, InvalidTokenError, PeerId
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_RELAY_URLS",
-    "IROH_FAST_ENV",
     "MAX_CONCURRENT_BI_STREAMS",
     "BiStream",
     "Conn",
     "Transport",
     "generate_key",
-    "iroh_fast_path_enabled",
     "load_or_create_key",
 ]
 
@@ -75,16 +73,8 @@ DEFAULT_CONNECT_TIMEOUT: Final = 15.0
 HANDSHAKE_TIMEOUT: Final = 10.0
 """Longest an inbound handshake may take before :meth:`Transport.accept` gives up on it."""
 
-IROH_FAST_ENV: Final = "MESH_LLM_IROH_FAST"
-"""``0``/``false``/``no``/``off`` switches the iroh fast path off (see the module doc)."""
-
 _PROBE_POLL_INTERVAL: Final = 0.01
 _KEY_BYTES: Final = 32
-
-
-def iroh_fast_path_enabled(environ: Mapping[str, str] = os.environ) -> bool:
-    """Whether :data:`IROH_FAST_ENV` leaves the fast path on (the default)."""
-    return environ.get(IROH_FAST_ENV, "").strip().lower() not in ("0", "false", "no", "off")
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,8 +348,8 @@ class Conn:
         """The peer's endpoint id (64 lowercase hex), as proven by the TLS handshake."""
 
     @property
-    def remote_id_bytes(self) -> bytes:
-        return bytes.fromhex(self.remote_id)
+    def remote_id_bytes(self) -> PeerId:
+        return PeerId(bytes.fromhex(self.remote_id))
 
     @property
     def close_reason(self) -> str | None:
@@ -457,7 +447,7 @@ class Transport:
         no_relay: bool = False,
         bind_ip: str | None = None,
         bind_port: int | None = None,
-        patch_bindings: bool | None = None,
+        patch_bindings: bool = True,
     ) -> Transport:
         """Open the UDP sockets and return at once, without waiting for relays or the internet.
 
@@ -466,12 +456,10 @@ class Transport:
         ``bind_ip``/``bind_port``: the local address (default: all interfaces, ephemeral port;
         a port alone binds ``0.0.0.0:port``). iroh additionally binds the other address family
         on an ephemeral port. ``patch_bindings`` applies :mod:`._iroh_patch` and
-        :mod:`._iroh_async` first (the fast path; None: unless :data:`IROH_FAST_ENV` says off).
+        :mod:`._iroh_async` first (the fast path; each only if it recognises the bindings).
         """
         if secret_key is not None and len(secret_key) != _KEY_BYTES:
             raise ConfigError(f"secret key must be {_KEY_BYTES} bytes")
-        if patch_bindings is None:
-            patch_bindings = iroh_fast_path_enabled()
         if patch_bindings:
             iroh_patch.apply()
             iroh_async.install()
@@ -506,8 +494,8 @@ class Transport:
         return self._node_id
 
     @property
-    def node_id_bytes(self) -> bytes:
-        return bytes.fromhex(self._node_id)
+    def node_id_bytes(self) -> PeerId:
+        return PeerId(bytes.fromhex(self._node_id))
 
     @property
     def secret_key(self) -> bytes:

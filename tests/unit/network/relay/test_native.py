@@ -348,12 +348,28 @@ def test_a_failing_compile_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert not list((tmp_path / "native").glob("*.so"))
 
 
-def test_the_switch_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_switched_off_it_stays_in_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(native_relay, "_lib", None)
+    monkeypatch.setattr(native_relay, "_failure", None)
+    native_relay.prepare(enabled=False)
+    assert not native_relay.load()
+    assert not native_relay.available()
+    assert "MESH_LLM_NATIVE_RELAY=0" in (native_relay.unavailable_reason() or "")
+    assert "switched off" in str(native_relay.status()["reason"])
+
+
+def test_it_does_not_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``MESH_LLM_NATIVE_RELAY`` is the CLI's to read (``NodeConfig.native_relay``)."""
+
+    def build() -> Path:
+        raise OSError("built")
+
     monkeypatch.setenv("MESH_LLM_NATIVE_RELAY", "0")
     monkeypatch.setattr(native_relay, "_lib", None)
     monkeypatch.setattr(native_relay, "_failure", None)
+    monkeypatch.setattr(native_relay, "build", build)
     assert not native_relay.load()
-    assert "MESH_LLM_NATIVE_RELAY" in (native_relay.unavailable_reason() or "")
+    assert native_relay.unavailable_reason() == "built"  # it tried: the variable was not read
 
 
 def test_the_build_is_cached_by_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

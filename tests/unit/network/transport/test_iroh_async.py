@@ -10,12 +10,7 @@ import os
 import pytest
 from iroh import iroh_ffi
 
-from mesh_llm.network.transport import (
-    IROH_FAST_ENV,
-    BiStream,
-    Transport,
-    iroh_fast_path_enabled,
-)
+from mesh_llm.network.transport import BiStream, Transport
 from mesh_llm.network.transport import _iroh_async as iroh_async
 from mesh_llm.network.transport import _iroh_patch as iroh_patch
 from tests.unit.network.conftest import open_stream, use_generated_driver
@@ -96,24 +91,25 @@ async def test_bindings_without_a_name_it_uses_are_left_alone(
     assert not iroh_async.needs_install()
 
 
-@pytest.mark.parametrize("word", ["0", "off", "false", "No"])
-def test_the_switch_turns_the_fast_path_off(word: str) -> None:
-    assert not iroh_fast_path_enabled({IROH_FAST_ENV: word})
-    assert iroh_fast_path_enabled({IROH_FAST_ENV: "1"})
-    assert iroh_fast_path_enabled({})
-
-
 async def test_with_the_fast_path_off_binding_leaves_the_bindings_as_shipped(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     use_generated_driver(monkeypatch)
     monkeypatch.setattr(iroh_async, "install", lambda: pytest.fail("installed"))
     monkeypatch.setattr(iroh_patch, "apply", lambda: pytest.fail("patched"))
-    monkeypatch.setenv(IROH_FAST_ENV, "0")
-    await (await Transport.bind(no_relay=True, bind_ip="127.0.0.1")).close()
-    monkeypatch.delenv(IROH_FAST_ENV)
     await (await Transport.bind(no_relay=True, bind_ip="127.0.0.1", patch_bindings=False)).close()
     assert not iroh_async.is_installed()
+
+
+async def test_binding_does_not_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``MESH_LLM_IROH_FAST`` is the CLI's to read (``NodeConfig.iroh_fast``), not the transport."""
+    use_generated_driver(monkeypatch)
+    calls: list[str] = []
+    monkeypatch.setattr(iroh_async, "install", lambda: calls.append("install") or False)
+    monkeypatch.setattr(iroh_patch, "apply", lambda: calls.append("apply") or False)
+    monkeypatch.setenv("MESH_LLM_IROH_FAST", "0")
+    await (await Transport.bind(no_relay=True, bind_ip="127.0.0.1")).close()
+    assert calls == ["apply", "install"]
 
 
 async def test_the_fallback_refuses_to_block_its_own_loop(
