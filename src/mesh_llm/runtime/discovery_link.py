@@ -103,7 +103,9 @@ class DiscoveryLink:
         self._status = status
         self._say = say or log.info
         """Progress lines (default: the log, on stderr)."""
-        self.publishing = config.publish or config.mesh_name is not None
+        self._private = mesh.mesh_key is not None
+        """A private mesh is never published (the CLI refuses --publish and --auto with it)."""
+        self.publishing = (config.publish or config.mesh_name is not None) and not self._private
         self._auto = config.auto and not config.join
         self._directory: NostrDirectory | None = None
         self._listed = False
@@ -182,7 +184,7 @@ class DiscoveryLink:
     async def _auto_join(self) -> None:
         if await self._find():
             return
-        if not self.config.client:
+        if not self.config.client and not self._private:
             self._say("--auto: starting a new mesh (published on Nostr)")
             self.publishing = True
             return
