@@ -240,6 +240,12 @@ class Membership:
         self._self = announcement
         return [SendGossip(pid, discover=True) for pid in self._connected_members()]
 
+    def originate_mesh_id(self, mesh_id: str) -> None:
+        """This node starts a mesh (``--auto`` found none to join): take ``mesh_id`` unless one
+        was already adopted from a peer."""
+        if self._mesh_id is None:
+            self._mesh_id = mesh_id
+
     def record_request(self, model: str, now: float) -> None:
         """Count one request for ``model`` in the demand map."""
         self._demand.record_request(model, now + self._wall_offset)

@@ -74,11 +74,16 @@ def mesh_key_for(secret: str | None, tokens: tuple[str, ...]) -> bytes | None:
 
 
 def _mesh_id_for(config: NodeConfig, state: Path) -> str | None:
-    """Originators pick the mesh id; joiners adopt the first one gossiped to them."""
+    """Originators pick the mesh id; joiners adopt the first one gossiped to them (an ``--auto``
+    node is a joiner until it starts a mesh: :meth:`MeshLink.originate_mesh`)."""
     if config.mesh_name:
         return named_mesh_id(config.mesh_name)
-    if config.join:
+    if config.join or config.auto:
         return None
+    return _own_mesh_id(state)
+
+
+def _own_mesh_id(state: Path) -> str:
     path = state / "mesh-id"
     with contextlib.suppress(OSError):
         existing = path.read_text().strip()
@@ -203,6 +208,12 @@ class MeshLink:
             mesh_key=self.mesh_key,
         )
         self.token = encode_token(self.transport.addr(), self.mesh_key)
+
+    def originate_mesh(self) -> None:
+        """``--auto`` starts a mesh: give it this node's mesh id (unless one was adopted)."""
+        if self.membership is not None:
+            self.membership.originate_mesh_id(_own_mesh_id(self.state))
+            self._on_change()
 
     def _save_mesh_id(self, mesh_id: str) -> None:
         with contextlib.suppress(OSError):
