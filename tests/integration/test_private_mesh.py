@@ -123,3 +123,31 @@ def test_private_mesh_admits_the_token_and_refuses_without_the_secret(tmp_path: 
     finally:
         for node in reversed(nodes):
             node.stop()
+
+
+def test_a_private_node_does_not_join_an_open_mesh(tmp_path: Path) -> None:
+    """The reverse case: a node with a secret dialling an open mesh's node is refused by it (the
+    open node does not know the ADMIT stream's secret) and says so; neither lists the other."""
+    open_node = MeshNode("open", tmp_path / "open", ["--client", *LOOPBACK_MESH])
+    nodes = [open_node]
+    try:
+        open_node.start()
+        token = wait_for(lambda: open_node.status()["token"], 60, "the open node's token")
+        assert decode_invite(token).mesh_key is None
+        private = MeshNode(
+            "private",
+            tmp_path / "private",
+            ["--client", "--join", token, *LOOPBACK_MESH],
+            env={"MESH_LLM_MESH_SECRET": SECRET},
+        )
+        nodes.append(private)
+        private.start()
+        _refused(private, "refused: this mesh uses no mesh secret")
+        assert private.status()["peers"] == []
+        assert open_node.status()["peers"] == []
+        assert decode_invite(private.status()["token"]).mesh_key is not None
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n" + "\n".join(n.log_tail() for n in nodes)) from None
+    finally:
+        for node in reversed(nodes):
+            node.stop()

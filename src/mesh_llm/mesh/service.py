@@ -77,6 +77,7 @@ __all__ = ["MeshService"]
 log = logging.getLogger(__name__)
 
 MAX_STREAM_TASKS_PER_CONN = 1024
+MAX_WARNED_REFUSALS = 1024
 REFUSAL_READ_S = 1.0
 """How long a failed handshake waits for the connection's close (which carries a refusal)."""
 
@@ -313,6 +314,8 @@ class MeshService:
         """Close an unadmitted connection with ``refusal`` (the remote reads it back)."""
         peer = state.conn.remote_id_bytes
         level = logging.INFO if (peer, refusal) in self._warned else logging.WARNING
+        if len(self._warned) >= MAX_WARNED_REFUSALS:
+            self._warned.clear()  # bounded: each refused connection may bring a fresh id
         self._warned.add((peer, refusal))
         what = refusal.value.removeprefix("refused: ")
         log.log(level, "refused peer %s: %s%s", peer.hex(), what, detail)
