@@ -3,7 +3,9 @@
 A host publishes; ``discover --json`` lists it; a dead listing ranked above it (named
 "mesh-llm", +300) is skipped within the probe bound; a ``--client --auto`` joins the host and
 answers a completion; ``/api/discover`` lists the host; the host's clean exit deletes its
-listing (NIP-09).
+listing (NIP-09). A serving ``--auto`` node joins a publisher and serves; killed with -9, the
+publisher is replaced by that node's watchdog within the bound. With three live listings,
+``--auto`` joins the one named "mesh-llm" (+300) over an unnamed one and a differently named one.
 """
 
 from __future__ import annotations
@@ -111,6 +113,129 @@ def test_publish_discover_auto_join_and_unpublish(tmp_path: Path) -> None:
             nodes.remove(host)
             left = _discover_json(relay.url, tmp_path / "cli")
             assert token not in {r["listing"]["invite_token"] for r in left}
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n" + "\n".join(n.log_tail() for n in nodes)) from None
+        finally:
+            for node in reversed(nodes):
+                node.stop()
+
+
+WATCHDOG_BOUND_S = 75.0
+"""Dead-peer detection (seconds) + a 20-35 s watchdog check + a 3-10 s re-check + two
+discoveries (up to 7 s each) + publishing."""
+
+
+def test_auto_node_joins_serves_and_takes_over_a_killed_publisher(tmp_path: Path) -> None:
+    with local_relay() as relay:
+        publisher = MeshNode(
+            "publisher",
+            tmp_path / "publisher",
+            ["--model", MODEL, "--parallel", "2", "--publish", "--nostr-relay", relay.url,
+             *LOOPBACK_MESH],
+        )  # fmt: skip
+        watchdog = MeshNode(
+            "watchdog",
+            tmp_path / "watchdog",
+            ["--auto", "--model", MODEL, "--parallel", "2", "--nostr-relay", relay.url,
+             *LOOPBACK_MESH],
+        )  # fmt: skip
+        watchdog.separate_stderr = True
+        nodes = [publisher]
+        try:
+            publisher.start()
+            publisher.wait_models({MODEL}, timeout=180)
+            first = publisher.status()
+            wait_for(
+                lambda: any(
+                    r["listing"]["invite_token"] == first["token"]
+                    for r in _discover_json(relay.url, tmp_path / "cli")
+                ),
+                60,
+                "the publisher's listing",
+            )
+
+            nodes.append(watchdog)
+            watchdog.start()
+            watchdog.wait_models({MODEL}, timeout=180)
+
+            def serving_in_the_mesh() -> dict[str, Any] | None:
+                status = watchdog.status()
+                joined = any(p["id"] == first["node_id_full"] for p in status["peers"])
+                return status if joined and MODEL in status["hosted_models"] else None
+
+            status = wait_for(serving_in_the_mesh, 60, "the --auto node to join and serve")
+            assert status["mesh_id"] == first["mesh_id"]
+            assert "--auto: joined mesh" in watchdog.stderr_text()
+
+            assert publisher.proc is not None
+            publisher.proc.kill()  # no NIP-09 deletion: its listing stays until it expires
+            publisher.proc.wait(timeout=10)
+            nodes.remove(publisher)
+            killed = time.monotonic()
+
+            def taken_over() -> dict[str, Any] | None:
+                rows = _discover_json(relay.url, tmp_path / "cli")
+                mine = [r for r in rows if r["listing"]["invite_token"] == status["token"]]
+                return mine[0] if mine else None
+
+            row = wait_for(taken_over, WATCHDOG_BOUND_S, "the watchdog to republish the mesh")
+            took_s = time.monotonic() - killed
+            assert row["listing"]["mesh_id"] == first["mesh_id"]
+            assert row["listing"]["serving"] == [MODEL]
+            assert "watchdog: no live listing" in watchdog.stderr_text()
+            assert took_s < WATCHDOG_BOUND_S, took_s
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n" + "\n".join(n.log_tail() for n in nodes)) from None
+        finally:
+            for node in reversed(nodes):
+                node.stop()
+
+
+def test_auto_prefers_the_mesh_named_mesh_llm_per_the_scoring(tmp_path: Path) -> None:
+    """Three live publishers (client-only nodes: no llama-server needed to be listed): unnamed
+    (score 100), "mesh-llm" (+300) and "other-lab" (-200, not viable). ``--auto`` joins
+    "mesh-llm"."""
+    with local_relay() as relay:
+        relay_args = ["--nostr-relay", relay.url, *LOOPBACK_MESH]
+        unnamed = MeshNode("unnamed", tmp_path / "u", ["--client", "--publish", *relay_args])
+        named = MeshNode(
+            "named", tmp_path / "n", ["--client", "--mesh-name", "mesh-llm", *relay_args]
+        )
+        other = MeshNode(
+            "other", tmp_path / "o", ["--client", "--mesh-name", "other-lab", *relay_args]
+        )
+        joiner = MeshNode("joiner", tmp_path / "j", ["--client", "--auto", *relay_args])
+        joiner.separate_stderr = True
+        nodes = [unnamed, named, other]
+        try:
+            for node in nodes:
+                node.start()
+            tokens = {n.name: wait_for(lambda n=n: n.status()["token"], 60, n.name) for n in nodes}
+
+            def all_listed() -> list[dict[str, Any]] | None:
+                rows = _discover_json(relay.url, tmp_path / "cli")
+                listed = {r["listing"]["invite_token"] for r in rows}
+                return rows if set(tokens.values()) <= listed else None
+
+            rows = wait_for(all_listed, 60, "the three listings")
+            names = {r["listing"]["invite_token"]: r["listing"].get("name") for r in rows}
+            assert names[tokens["named"]] == "mesh-llm"
+            assert names[tokens["unnamed"]] is None
+
+            nodes.append(joiner)
+            joiner.start()
+            named_id = named.status()["node_id_full"]
+            wait_for(
+                lambda: any(p["id"] == named_id for p in joiner.status()["peers"]),
+                30,
+                "the --auto client to join the mesh named mesh-llm",
+            )
+            status = joiner.status()
+            assert status["mesh_id"] == named.status()["mesh_id"]
+            peer_ids = {p["id"] for p in status["peers"]}
+            assert unnamed.status()["node_id_full"] not in peer_ids
+            assert other.status()["node_id_full"] not in peer_ids
+            assert "--auto: joined mesh mesh-llm" in joiner.stderr_text()
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n" + "\n".join(n.log_tail() for n in nodes)) from None
         finally:

@@ -1,10 +1,10 @@
-"""Invite tokens and API keys from places other than argv.
+"""Invite tokens, API keys and the mesh secret from places other than argv.
 
-A token or key on the command line is visible to every user of the machine (``ps``), so both
-can also come from a file (``--join-file``, ``--api-key-file``) or the environment
-(``MESH_LLM_JOIN``, ``MESH_LLM_API_KEY``). Files hold one value per line; blank lines and
-lines starting with ``#`` are ignored. Environment values are separated by commas or
-whitespace.
+A token, key or secret on the command line is visible to every user of the machine (``ps``), so
+each can also come from a file (``--join-file``, ``--api-key-file``, ``--mesh-secret-file``) or
+the environment (``MESH_LLM_JOIN``, ``MESH_LLM_API_KEY``, ``MESH_LLM_MESH_SECRET``). Files
+hold one value per line; blank lines and lines starting with ``#`` are ignored. Environment
+values are separated by commas or whitespace (the mesh secret's is taken whole).
 """
 
 from __future__ import annotations
@@ -15,9 +15,18 @@ from pathlib import Path
 
 from mesh_llm.errors import ConfigError
 
-__all__ = ["API_KEY_ENV", "JOIN_ENV", "api_keys", "join_tokens", "read_values_file"]
+__all__ = [
+    "API_KEY_ENV",
+    "JOIN_ENV",
+    "MESH_SECRET_ENV",
+    "api_keys",
+    "join_tokens",
+    "mesh_secret",
+    "read_values_file",
+]
 
 JOIN_ENV = "MESH_LLM_JOIN"
+MESH_SECRET_ENV = "MESH_LLM_MESH_SECRET"
 API_KEY_ENV = "MESH_LLM_API_KEY"
 _SEPARATORS = re.compile(r"[\s,]+")
 
@@ -65,6 +74,27 @@ def api_keys(
         if any(ch.isspace() or not ch.isprintable() for ch in key):
             raise ConfigError("an API key must be printable and contain no whitespace")
     return keys
+
+
+def mesh_secret(
+    argv_secret: str | None, secret_file: Path | None, environ: Mapping[str, str]
+) -> str | None:
+    """The private mesh's secret: ``--mesh-secret``, else the first line of
+    ``--mesh-secret-file``, else ``MESH_LLM_MESH_SECRET``; None: no secret given."""
+    if argv_secret is not None and secret_file is not None:
+        raise ConfigError("give either --mesh-secret or --mesh-secret-file, not both")
+    if argv_secret is not None:
+        secret = argv_secret
+    elif secret_file is not None:
+        secret = read_values_file(secret_file, "--mesh-secret-file")[0]
+    else:
+        secret = environ.get(MESH_SECRET_ENV, "")
+        if not secret.strip():
+            return None
+    secret = secret.strip()
+    if not secret:
+        raise ConfigError("--mesh-secret is empty")
+    return secret
 
 
 def exposure_warning(

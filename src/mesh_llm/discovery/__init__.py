@@ -26,6 +26,14 @@ from mesh_llm.discovery.nostr import (
     load_or_create_nostr_keys,
 )
 from mesh_llm.discovery.probe import PROBE_TIMEOUT_S, first_live
+from mesh_llm.discovery.watchdog import (
+    WATCHDOG_INTERVAL_S,
+    WATCHDOG_RECHECK_S,
+    listing_node_id,
+    merge_target,
+    needs_takeover,
+    watchdog_delay,
+)
 
 __all__ = [
     "AUTO_MODEL_PACK",
@@ -33,6 +41,8 @@ __all__ = [
     "DEFAULT_NOSTR_RELAYS",
     "LISTING_TTL_S",
     "PROBE_TIMEOUT_S",
+    "WATCHDOG_INTERVAL_S",
+    "WATCHDOG_RECHECK_S",
     "DiscoveredMesh",
     "DiscoveryError",
     "Freshness",
@@ -44,8 +54,12 @@ __all__ = [
     "filter_meshes",
     "first_live",
     "freshness",
+    "listing_node_id",
     "load_or_create_nostr_keys",
+    "merge_target",
+    "needs_takeover",
     "newest_per_publisher",
     "score_mesh",
     "smart_auto",
+    "watchdog_delay",
 ]

@@ -61,6 +61,8 @@ class JoinStatus:
             case JoinState.RETRYING:
                 last = f" (last attempt: {self.reason})" if self.reason else ""
                 return f"retrying {self.short_id}{last}"
+            case JoinState.FAILED if self.reason and self.reason.startswith("refused"):
+                return f"{self.short_id} {self.reason}"
             case JoinState.FAILED:
                 return f"could not reach {self.short_id}: {self.reason}"
             case _:

@@ -240,6 +240,12 @@ class Membership:
         self._self = announcement
         return [SendGossip(pid, discover=True) for pid in self._connected_members()]
 
+    def originate_mesh_id(self, mesh_id: str) -> None:
+        """This node starts a mesh (``--auto`` found none to join): take ``mesh_id`` unless one
+        was already adopted from a peer."""
+        if self._mesh_id is None:
+            self._mesh_id = mesh_id
+
     def record_request(self, model: str, now: float) -> None:
         """Count one request for ``model`` in the demand map."""
         self._demand.record_request(model, now + self._wall_offset)
@@ -312,6 +318,16 @@ class Membership:
         if dial is None:
             return []
         return self._dial_failed(peer_id, dial.reason, now, reason or "the connection failed")
+
+    def admission_refused(self, peer_id: PeerId, now: float, reason: str) -> list[Action]:
+        """A private-mesh admission failed on a connection to ``peer_id`` (``reason``: the
+        refusal, ``refused: …``, shown in the join state); the adapter closed the connection."""
+        dial = self._dialing.pop(peer_id, None)
+        if dial is not None:
+            return self._dial_failed(peer_id, dial.reason, now, reason)
+        if peer_id in self._bootstrap_ids and not self._peers.is_direct(peer_id):
+            self._join_failed(peer_id, reason)
+        return []
 
     def gossip_failed(self, peer_id: PeerId, now: float, reason: str | None = None) -> list[Action]:
         """A :class:`SendGossip` exchange failed or timed out."""
@@ -611,6 +627,9 @@ class Membership:
         level = logging.INFO if failure == self._join_warned else logging.WARNING
         self._join_warned = failure
         whose = " (the --join token's node)" if peer_id in self._bootstrap_ids else ""
+        if why.startswith("refused"):  # a private mesh's refusal: the peer answered
+            log.log(level, "not admitted to the mesh: %s%s %s", _short(peer_id), whose, why)
+            return
         log.log(
             level,
             "not connected to any mesh: could not reach %s%s: %s; retrying every %.0f s",

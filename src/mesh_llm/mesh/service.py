@@ -6,6 +6,11 @@ whose actions it performs and whose inputs it feeds (with ``now`` from a monoton
 Per connection, accepted streams are handled each in its own task (a stalled stream never blocks
 the connection's other streams, unlike the original's sequential dispatcher). Before a peer has
 gossiped over its own connection, only GOSSIP (0x01) and ROUTE_REQUEST (0x05) are served.
+
+In a private mesh (a mesh key), a connection counts for nothing until the admission handshake
+(:mod:`mesh_llm.protocol.admission`) succeeds on it: the membership core hears of it only then,
+nothing is sent on it before, and any other stream the remote opens first gets the connection
+closed with a refusal that the remote reads back (docs/DESIGN.md, "Private meshes").
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -35,15 +41,25 @@ from mesh_llm.network import BiStream, Conn, PeerTraffic, Transport, TunnelStrea
 from mesh_llm.protocol import (
     MAX_CONTROL_FRAME_BYTES,
     PRE_ADMISSION_STREAM_TYPES,
+    REFUSED_CODE,
+    AdmitAnswer,
+    AdmitRequest,
     EndpointAddrInfo,
     PeerDown,
     PeerId,
     PeerLeaving,
+    Refusal,
     StreamType,
+    acceptor_proof,
+    decode_admit_answer,
+    decode_admit_request,
     decode_gossip_frame,
     decode_peer_down,
     decode_peer_leaving,
     decode_route_table_request,
+    dialer_proof,
+    encode_admit_answer,
+    encode_admit_request,
     encode_frame,
     encode_gossip_frame,
     encode_peer_down,
@@ -51,6 +67,9 @@ from mesh_llm.protocol import (
     encode_reply,
     encode_route_table,
     parse_frame_length,
+    refusal_from_close_reason,
+    verify_acceptor,
+    verify_dialer,
 )
 
 __all__ = ["MeshService"]
@@ -58,6 +77,9 @@ __all__ = ["MeshService"]
 log = logging.getLogger(__name__)
 
 MAX_STREAM_TASKS_PER_CONN = 1024
+MAX_WARNED_REFUSALS = 1024
+REFUSAL_READ_S = 1.0
+"""How long a failed handshake waits for the connection's close (which carries a refusal)."""
 
 
 def _short(peer_id: PeerId) -> str:
@@ -69,6 +91,9 @@ class _ConnState:
     conn: Conn
     inbound: bool
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    up: bool = False
+    """The membership core knows this connection (private mesh: it passed admission)."""
+    admitted: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 async def _read_frame(stream: BiStream) -> bytes:
@@ -89,6 +114,7 @@ class MeshService:
         on_change: Callable[[], None],
         on_mesh_id: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        mesh_key: bytes | None = None,
     ) -> None:
         self.transport = transport
         self.membership = membership
@@ -96,6 +122,9 @@ class MeshService:
         self._on_change = on_change
         self._on_mesh_id = on_mesh_id or (lambda _mesh_id: None)
         self._clock = clock
+        self._mesh_key = mesh_key
+        """Private mesh: connections must pass the admission handshake (None: open mesh)."""
+        self._warned: set[tuple[bytes, str]] = set()
         self._conns: dict[PeerId, _ConnState] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -209,7 +238,19 @@ class MeshService:
                 old.conn.close(0, b"replaced")
         self.traffic.setdefault(peer, PeerTraffic())
         self._spawn(self._serve(state))
-        self.apply(self.membership.connection_up(peer, inbound, self._clock()))
+        if self._mesh_key is None:
+            self._up(state)
+        elif inbound:
+            self._spawn(self._admission_deadline(state))
+        else:
+            self._spawn(self._admit_outbound(state, self._mesh_key))
+
+    def _up(self, state: _ConnState) -> None:
+        """Hand the connection to the membership core (open mesh: at once; private: admitted)."""
+        state.up = True
+        state.admitted.set()
+        peer = state.conn.remote_id_bytes
+        self.apply(self.membership.connection_up(peer, state.inbound, self._clock()))
 
     async def _serve(self, state: _ConnState) -> None:
         conn = state.conn
@@ -220,7 +261,7 @@ class MeshService:
                 if len(state.tasks) >= MAX_STREAM_TASKS_PER_CONN:
                     await stream.aclose()
                     continue
-                self._spawn(self._handle_stream(conn, stream), state.tasks)
+                self._spawn(self._handle_stream(state, stream), state.tasks)
         except TransportError:
             pass
         finally:
@@ -228,7 +269,7 @@ class MeshService:
                 task.cancel()
             if self._conns.get(peer) is state:
                 del self._conns[peer]
-                if not self._closing:
+                if not self._closing and state.up:
                     self.apply(self.membership.connection_lost(peer, self._clock()))
 
     def _close_peer(self, peer: PeerId) -> None:
@@ -240,7 +281,7 @@ class MeshService:
     async def _connect(self, addr: EndpointAddrInfo, limit_s: float) -> None:
         peer = addr.id_bytes
         existing = self._conns.get(peer)
-        if existing is not None and not existing.conn.is_closed:
+        if existing is not None and existing.up and not existing.conn.is_closed:
             self.apply(self.membership.connection_up(peer, False, self._clock()))
             return
         try:
@@ -263,7 +304,90 @@ class MeshService:
 
     def _conn(self, peer: PeerId) -> Conn | None:
         state = self._conns.get(peer)
-        return None if state is None or state.conn.is_closed else state.conn
+        if state is None or not state.up or state.conn.is_closed:
+            return None
+        return state.conn
+
+    # ---------------------------------------------------------------------- private meshes
+
+    def _refuse(self, state: _ConnState, refusal: Refusal, detail: str = "") -> None:
+        """Close an unadmitted connection with ``refusal`` (the remote reads it back)."""
+        peer = state.conn.remote_id_bytes
+        level = logging.INFO if (peer, refusal) in self._warned else logging.WARNING
+        if len(self._warned) >= MAX_WARNED_REFUSALS:
+            self._warned.clear()  # bounded: each refused connection may bring a fresh id
+        self._warned.add((peer, refusal))
+        what = refusal.value.removeprefix("refused: ")
+        log.log(level, "refused peer %s: %s%s", peer.hex(), what, detail)
+        with contextlib.suppress(TransportError):
+            state.conn.close(REFUSED_CODE, refusal.value)
+
+    async def _refusal_of(self, conn: Conn) -> str | None:
+        """The remote's refusal, if it closed the connection with one."""
+        if not conn.is_closed:
+            with contextlib.suppress(TransportError, TimeoutError):
+                async with asyncio.timeout(REFUSAL_READ_S):
+                    await conn.closed()
+        return refusal_from_close_reason(conn.close_reason)
+
+    async def _admission_deadline(self, state: _ConnState) -> None:
+        """An inbound connection that opens no stream is closed after the gossip timeout."""
+        await asyncio.sleep(self.membership.timing.gossip_timeout)
+        if not state.up and not state.conn.is_closed:
+            self._refuse(state, Refusal.SECRET_REQUIRED, " (no admission within the timeout)")
+
+    async def _admit_outbound(self, state: _ConnState, key: bytes) -> None:
+        """Dialler's side of the handshake: prove we know the key, check the acceptor's proof."""
+        conn = state.conn
+        peer = conn.remote_id_bytes
+        own = self.transport.node_id_bytes
+        nonce = os.urandom(16)
+        request = AdmitRequest(nonce, dialer_proof(key, own, peer, nonce))
+        try:
+            async with asyncio.timeout(self.membership.timing.gossip_timeout):
+                stream = await conn.open_bi()
+                async with stream:
+                    await stream.write(bytes([StreamType.ADMIT]) + encode_admit_request(request))
+                    await stream.finish()
+                    body = await _read_frame(stream)
+            answer = decode_admit_answer(body)
+        except (TransportError, ProtocolError, TimeoutError) as exc:
+            refusal = await self._refusal_of(conn)
+            why = refusal or f"admission handshake failed: {exc or type(exc).__name__}"
+            log.info("admission to the mesh through %s failed: %s", _short(peer), why)
+            with contextlib.suppress(TransportError):
+                conn.close(REFUSED_CODE, why if refusal else Refusal.SECRET_REQUIRED.value)
+            self.apply(self.membership.admission_refused(peer, self._clock(), why))
+            return
+        if not verify_acceptor(key, peer, own, nonce, answer):
+            self._refuse(state, Refusal.BAD_ANSWER)
+            reason = Refusal.BAD_ANSWER.value
+            self.apply(self.membership.admission_refused(peer, self._clock(), reason))
+            return
+        if self._conns.get(peer) is state and not conn.is_closed:
+            self._up(state)
+
+    async def _serve_admit(self, state: _ConnState, stream: BiStream) -> None:
+        """Acceptor's side: check the dialler's proof; admit (answer) or refuse (close)."""
+        peer = state.conn.remote_id_bytes
+        if self._mesh_key is None:
+            self._refuse(state, Refusal.NOT_PRIVATE)
+            return
+        if state.up:
+            await stream.reset(0)  # one handshake per connection
+            return
+        body = await self._read_frame_timed(stream)
+        request = decode_admit_request(body)
+        own = self.transport.node_id_bytes
+        if not verify_dialer(self._mesh_key, peer, own, request):
+            self._refuse(state, Refusal.WRONG_SECRET)
+            return
+        nonce = os.urandom(16)
+        proof = acceptor_proof(self._mesh_key, own, peer, request.nonce, nonce)
+        # Up before answering: the dialler sends its gossip only after reading the answer.
+        self._up(state)
+        await stream.write(encode_admit_answer(AdmitAnswer(nonce, proof)))
+        await stream.finish()
 
     async def _gossip(self, peer: PeerId, discover: bool) -> None:
         conn = self._conn(peer)
@@ -280,6 +404,11 @@ class MeshService:
                     body = await _read_frame(stream)
             reply = decode_gossip_frame(body, remote_id=peer)
         except (TransportError, ProtocolError, TimeoutError) as exc:
+            refusal = await self._refusal_of(conn) if conn.is_closed else None
+            if refusal is not None:
+                log.info("%s did not admit this node: %s", _short(peer), refusal)
+                self.apply(self.membership.admission_refused(peer, self._clock(), refusal))
+                return
             why = str(exc) or type(exc).__name__
             log.info("gossip with %s failed: %s", _short(peer), why)
             self.apply(self.membership.gossip_failed(peer, self._clock(), why))
@@ -358,13 +487,19 @@ class MeshService:
 
     # ---------------------------------------------------------------------------- inbound ops
 
-    async def _handle_stream(self, conn: Conn, stream: BiStream) -> None:
-        peer = conn.remote_id_bytes
+    async def _handle_stream(self, state: _ConnState, stream: BiStream) -> None:
+        peer = state.conn.remote_id_bytes
         try:
             async with asyncio.timeout(self.membership.timing.stream_type_timeout):
                 first = await stream.read_exact(1)
-            self.membership.heard_from(peer, self._clock())
             kind = first[0]
+            if kind == StreamType.ADMIT:
+                await self._serve_admit(state, stream)
+                return
+            if not await self._passed_admission(state, kind):
+                await stream.reset(1)
+                return
+            self.membership.heard_from(peer, self._clock())
             if kind not in PRE_ADMISSION_STREAM_TYPES and not self.membership.is_admitted(peer):
                 log.info("stream 0x%02x from unadmitted %s refused", kind, _short(peer))
                 await stream.reset(1)
@@ -397,6 +532,19 @@ class MeshService:
             log.exception("stream handler from %s failed", _short(peer))
             with contextlib.suppress(TransportError):
                 await stream.reset(3)
+
+    async def _passed_admission(self, state: _ConnState, kind: int) -> bool:
+        """Private mesh: whether this connection passed admission (a stream the acceptor opens
+        while our own handshake's answer is still in flight waits for it)."""
+        if self._mesh_key is None or state.up:
+            return True
+        if not state.inbound:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.membership.timing.gossip_timeout):
+                    await state.admitted.wait()
+            return state.up
+        self._refuse(state, Refusal.SECRET_REQUIRED, f" (it opened stream 0x{kind:02x} first)")
+        return False
 
     async def _read_frame_timed(self, stream: BiStream) -> bytes:
         async with asyncio.timeout(self.membership.timing.frame_read_timeout):

@@ -1,5 +1,21 @@
 """Pure wire code: HTTP/1.1 parsing, mesh frames and codecs, stream transformers, invite tokens."""
 
+from mesh_llm.protocol.admission import (
+    REFUSED_CODE,
+    AdmitAnswer,
+    AdmitRequest,
+    Refusal,
+    acceptor_proof,
+    decode_admit_answer,
+    decode_admit_request,
+    dialer_proof,
+    encode_admit_answer,
+    encode_admit_request,
+    mesh_key_from_secret,
+    refusal_from_close_reason,
+    verify_acceptor,
+    verify_dialer,
+)
 from mesh_llm.protocol.frames import (
     FRAME_HEADER_BYTES,
     DemandEntry,
@@ -68,8 +84,10 @@ from mesh_llm.protocol.streams import (
 from mesh_llm.protocol.token import (
     EndpointAddrInfo,
     InvalidTokenError,
+    Invite,
     PeerId,
     decode_addr_json,
+    decode_invite,
     decode_token,
     encode_addr_json,
     encode_token,
@@ -148,3 +166,21 @@ __all__ += [
     "random_mesh_id",
 ]
 __all__ += ["HostWeights", "RpcTunnelStats", "TensorLocation"]
+__all__ += [
+    "REFUSED_CODE",
+    "AdmitAnswer",
+    "AdmitRequest",
+    "Invite",
+    "Refusal",
+    "acceptor_proof",
+    "decode_admit_answer",
+    "decode_admit_request",
+    "decode_invite",
+    "dialer_proof",
+    "encode_admit_answer",
+    "encode_admit_request",
+    "mesh_key_from_secret",
+    "refusal_from_close_reason",
+    "verify_acceptor",
+    "verify_dialer",
+]

@@ -52,6 +52,9 @@ class StreamType(IntEnum):
     BLACKBOARD = 0x08
     PLUGIN_CHANNEL = 0x09
     PLUGIN_BULK_TRANSFER = 0x0A
+    ADMIT = 0x0B
+    """Private meshes only: the mesh-secret proof, the first stream of a connection
+    (:mod:`.admission`)."""
 
 
 PRE_ADMISSION_STREAM_TYPES: Final = frozenset({StreamType.GOSSIP, StreamType.ROUTE_REQUEST})

@@ -8,6 +8,10 @@ The same JSON, un-encoded, is ``PeerAnnouncement.serialized_addr``. Writers emit
 first, then the IP entries in iroh's order (IPv4 before IPv6, then by address and port); readers
 accept any order, hex ids in either case and iroh's 52-character base32 ids. Unknown address kinds
 are skipped so that a newer iroh's extra variants do not make a whole token unreadable.
+
+A private mesh's token also carries its 32-byte mesh key (docs/DESIGN.md, "Private meshes") as
+``"mesh_key":"<64 hex>"`` next to ``id`` and ``addrs``; readers that do not know the field ignore
+it, and tokens without it stay valid (:func:`decode_invite` returns ``mesh_key=None``).
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ __all__ = [
     "MAX_TOKEN_CHARS",
     "EndpointAddrInfo",
     "InvalidTokenError",
+    "Invite",
     "PeerId",
     "decode_addr_json",
+    "decode_invite",
     "decode_token",
     "encode_addr_json",
     "encode_token",
@@ -138,13 +144,53 @@ def decode_addr_json(data: bytes | str) -> EndpointAddrInfo:
     return EndpointAddrInfo.create(ident, relays, ips)
 
 
-def encode_token(addr: EndpointAddrInfo) -> str:
-    """The invite token for ``addr``: base64url without padding of its JSON."""
-    return base64.urlsafe_b64encode(encode_addr_json(addr)).decode("ascii").rstrip("=")
+@dataclass(frozen=True, slots=True)
+class Invite:
+    """A decoded invite token: where to dial, and the private mesh's key if it has one."""
+
+    addr: EndpointAddrInfo
+    mesh_key: bytes | None = None
+
+
+def encode_token(addr: EndpointAddrInfo, mesh_key: bytes | None = None) -> str:
+    """The invite token for ``addr``: base64url without padding of its JSON (with the mesh key
+    of a private mesh)."""
+    data = encode_addr_json(addr)
+    if mesh_key is not None:
+        if len(mesh_key) != _ID_BYTES:
+            raise InvalidTokenError("a mesh key is 32 bytes")
+        doc = json.loads(data)
+        doc["mesh_key"] = mesh_key.hex()
+        data = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
 
 
 def decode_token(token: str) -> EndpointAddrInfo:
+    """Decode an invite token's address; raises :class:`InvalidTokenError` if malformed."""
+    return decode_invite(token).addr
+
+
+def decode_invite(token: str) -> Invite:
     """Decode an invite token; raises :class:`InvalidTokenError` with a reason if malformed."""
+    raw = _token_bytes(token)
+    try:
+        addr = decode_addr_json(raw)
+    except InvalidTokenError as exc:
+        raise InvalidTokenError(f"invite token: {exc}") from exc
+    doc = json.loads(raw)  # valid: decode_addr_json parsed it
+    key_hex = doc.get("mesh_key")
+    if key_hex is None:
+        return Invite(addr)
+    if (
+        not isinstance(key_hex, str)
+        or len(key_hex) != 2 * _ID_BYTES
+        or not _HEX_CHARS.issuperset(key_hex)
+    ):
+        raise InvalidTokenError("invite token: 'mesh_key' must be 64 hex chars")
+    return Invite(addr, bytes.fromhex(key_hex))
+
+
+def _token_bytes(token: str) -> bytes:
     text = token.strip()
     if not text:
         raise InvalidTokenError("empty invite token")
@@ -154,10 +200,7 @@ def decode_token(token: str) -> EndpointAddrInfo:
         raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidTokenError("invite token is not valid base64url") from exc
-    try:
-        return decode_addr_json(raw)
-    except InvalidTokenError as exc:
-        raise InvalidTokenError(f"invite token: {exc}") from exc
+    return raw
 
 
 def _check_relay_url(url: str) -> str:

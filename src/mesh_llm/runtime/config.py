@@ -29,6 +29,9 @@ class NodeConfig:
     client: bool = False
     join: tuple[str, ...] = ()
     """Invite tokens to try in order (``--join``, ``--join-file``, ``MESH_LLM_JOIN``)."""
+    mesh_secret: str | None = None
+    """``--mesh-secret`` (or its file or environment variable): the mesh is private; None: the
+    invite tokens' mesh key if they carry one, else an open mesh."""
     api_keys: tuple[str, ...] = ()
     """Keys :9337 and :3131's mutating routes require (``--api-key``); empty: open."""
     relays: tuple[str, ...] = ()

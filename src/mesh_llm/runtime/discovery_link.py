@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,14 +19,20 @@ from typing import Any
 from mesh_llm.discovery import (
     LISTING_TTL_S,
     PROBE_TIMEOUT_S,
+    WATCHDOG_INTERVAL_S,
+    WATCHDOG_RECHECK_S,
+    DiscoveredMesh,
     DiscoveryError,
     Join,
     MeshListing,
     NostrDirectory,
     first_live,
     load_or_create_nostr_keys,
+    merge_target,
+    needs_takeover,
     newest_per_publisher,
     smart_auto,
+    watchdog_delay,
 )
 from mesh_llm.errors import MeshLlmError
 from mesh_llm.protocol import decode_token
@@ -103,10 +110,17 @@ class DiscoveryLink:
         self._status = status
         self._say = say or log.info
         """Progress lines (default: the log, on stderr)."""
-        self.publishing = config.publish or config.mesh_name is not None
+        self._private = mesh.mesh_key is not None
+        """A private mesh is never published (the CLI refuses --publish and --auto with it)."""
+        self.publishing = (config.publish or config.mesh_name is not None) and not self._private
         self._auto = config.auto and not config.join
         self._directory: NostrDirectory | None = None
         self._listed = False
+        self._merged = False
+        self._started_mesh = False
+        """``--auto`` found nothing and started this mesh: it merges into a larger one when
+        alone (the unpublish-and-merge rule)."""
+        self._rng = random.Random()
 
     @property
     def active(self) -> bool:
@@ -121,10 +135,62 @@ class DiscoveryLink:
     async def run(self) -> None:
         if self._auto:
             await self._auto_join()
-        if self.publishing:
-            await self._publish_loop()
-        elif self._auto:
-            await self._rediscover_when_lonely()
+        while True:
+            if self.publishing:
+                await self._publish_loop()  # returns after a merge into a larger mesh
+            elif not self._auto:
+                return
+            elif self.config.client or self._private or not self._started_mesh_or_joined():
+                await self._rediscover_when_lonely()
+                return
+            else:
+                async with asyncio.TaskGroup() as group:
+                    lonely = group.create_task(self._rediscover_when_lonely())
+                    await self._watchdog()
+                    lonely.cancel()
+                self.publishing = True
+
+    def _started_mesh_or_joined(self) -> bool:
+        """The watchdog runs on serving ``--auto`` nodes of their first mesh (not after a merge:
+        the node keeps its own mesh id there, so it could not recognise the mesh's listing)."""
+        return not self._merged
+
+    async def _watchdog(self) -> None:
+        """Returns when this node should take over publishing its mesh (see
+        :mod:`mesh_llm.discovery.watchdog`)."""
+        while True:
+            await asyncio.sleep(watchdog_delay(WATCHDOG_INTERVAL_S, self._rng))
+            if not await self._orphaned():
+                continue
+            await asyncio.sleep(watchdog_delay(WATCHDOG_RECHECK_S, self._rng))
+            if await self._orphaned():
+                self._say("--auto watchdog: no live listing of this mesh; publishing it")
+                return
+
+    async def _listings(self) -> list[DiscoveredMesh] | None:
+        try:
+            async with asyncio.timeout(DISCOVER_TIMEOUT_S + 2):
+                found = await self._dir().discover(DISCOVER_TIMEOUT_S)
+        except (TimeoutError, DiscoveryError) as exc:
+            log.info("discovery failed: %s", exc or "timed out")
+            return None
+        return newest_per_publisher(found, time.time())
+
+    async def _orphaned(self) -> bool:
+        meshes = await self._listings()
+        if meshes is None:
+            return False  # relays unreachable: publishing would fail too
+        status = self._status()
+        mesh_id = status.get("mesh_id")
+        peers = [p for p in status.get("peers", []) if isinstance(p, dict)]
+        members = {str(p.get("id")) for p in peers} | {str(status.get("node_id_full"))}
+        return needs_takeover(
+            meshes,
+            mesh_id=mesh_id if isinstance(mesh_id, str) else None,
+            members=members,
+            has_peers=bool(peers),
+            serves=bool(status.get("hosted_models")),
+        )
 
     async def close(self) -> None:
         """NIP-09 deletion of our listing (bounded), then the relay connections."""
@@ -182,9 +248,11 @@ class DiscoveryLink:
     async def _auto_join(self) -> None:
         if await self._find():
             return
-        if not self.config.client:
+        if not self.config.client and not self._private:
             self._say("--auto: starting a new mesh (published on Nostr)")
             self.publishing = True
+            self._started_mesh = True
+            self._mesh.originate_mesh()
             return
         for attempt in range(1, CLIENT_RETRIES + 1):
             self._say(f"--auto: retrying in {CLIENT_RETRY_S:g} s ({attempt}/{CLIENT_RETRIES})")
@@ -226,8 +294,54 @@ class DiscoveryLink:
         ):
             await asyncio.sleep(READY_POLL_S)
         while True:
+            if self._started_mesh and await self._merge_if_alone():
+                return
             await self._publish_once()
             await asyncio.sleep(PUBLISH_INTERVAL_S)
+
+    async def _merge_if_alone(self) -> bool:
+        """The unpublish-and-merge rule: a mesh this node started, with no serving peer, joins a
+        larger one (ours by mesh id, or any unnamed one when we are unnamed). True if merged."""
+        status = self._status()
+        peers = [p for p in status.get("peers", []) if isinstance(p, dict)]
+        serving = [p for p in peers if p.get("role") != "Client"]
+        if serving:
+            return False
+        meshes = await self._listings()
+        if not meshes:
+            return False
+        mesh_id = status.get("mesh_id")
+        target = merge_target(
+            meshes,
+            mesh_id=mesh_id if isinstance(mesh_id, str) else None,
+            named=self.config.mesh_name is not None,
+            own_node_id=str(status.get("node_id_full")),
+            serving_peers=len(serving),
+        )
+        if target is None:
+            return False
+        chosen = await first_live([target], self._dial, say=self._say)
+        if chosen is None:
+            return False
+        await self._withdraw()
+        assert self._mesh.service is not None
+        self._mesh.service.join(decode_token(chosen.listing.invite_token))
+        label = chosen.listing.name or chosen.publisher_npub[:16]
+        self._say(f"no serving peers: listing withdrawn, merging into the larger mesh {label}")
+        self.publishing = False
+        self._started_mesh = False
+        self._merged = True
+        return True
+
+    async def _withdraw(self) -> None:
+        if not self._listed or self._directory is None:
+            return
+        try:
+            async with asyncio.timeout(UNPUBLISH_TIMEOUT_S):
+                await self._directory.unpublish()
+        except (TimeoutError, DiscoveryError) as exc:
+            log.warning("could not remove the Nostr listing: %s", exc or "timed out")
+        self._listed = False
 
     async def _publish_once(self) -> None:
         listing = listing_from_status(

@@ -27,11 +27,13 @@ from mesh_llm.network import (
 )
 from mesh_llm.protocol import (
     EndpointAddrInfo,
+    Invite,
     NodeRole,
     PeerAnnouncement,
     PeerId,
-    decode_token,
+    decode_invite,
     encode_token,
+    mesh_key_from_secret,
     named_mesh_id,
     random_mesh_id,
 )
@@ -39,27 +41,50 @@ from mesh_llm.runtime.config import NodeConfig
 from mesh_llm.runtime.split_group import PeerSnapshot
 from mesh_llm.runtime.view import PeerRow
 
-__all__ = ["MeshLink", "decode_join_tokens", "port_record", "remembered_port"]
+__all__ = ["MeshLink", "decode_join_tokens", "mesh_key_for", "port_record", "remembered_port"]
 
 log = logging.getLogger(__name__)
 
 
 def decode_join_tokens(tokens: tuple[str, ...]) -> list[EndpointAddrInfo]:
-    addrs = []
-    for token in tokens:
+    return [_decode(token).addr for token in tokens]
+
+
+def _decode(token: str) -> Invite:
+    try:
+        return decode_invite(token)
+    except ProtocolError as exc:
+        raise ConfigError(f"invalid --join token {token[:12]}...: {exc}") from exc
+
+
+def mesh_key_for(secret: str | None, tokens: tuple[str, ...]) -> bytes | None:
+    """The private mesh's key: from ``--mesh-secret``, else from the invite tokens; None for an
+    open mesh. Tokens that disagree with each other or with the secret are a ConfigError."""
+    keys = {invite.mesh_key for invite in map(_decode, tokens) if invite.mesh_key is not None}
+    if secret is not None:
         try:
-            addrs.append(decode_token(token))
+            key = mesh_key_from_secret(secret)
         except ProtocolError as exc:
-            raise ConfigError(f"invalid --join token {token[:12]}...: {exc}") from exc
-    return addrs
+            raise ConfigError(f"--mesh-secret: {exc}") from exc
+        if keys - {key}:
+            raise ConfigError("an invite token carries a different mesh secret than --mesh-secret")
+        return key
+    if len(keys) > 1:
+        raise ConfigError("the invite tokens carry different mesh secrets")
+    return keys.pop() if keys else None
 
 
 def _mesh_id_for(config: NodeConfig, state: Path) -> str | None:
-    """Originators pick the mesh id; joiners adopt the first one gossiped to them."""
+    """Originators pick the mesh id; joiners adopt the first one gossiped to them (an ``--auto``
+    node is a joiner until it starts a mesh: :meth:`MeshLink.originate_mesh`)."""
     if config.mesh_name:
         return named_mesh_id(config.mesh_name)
-    if config.join:
+    if config.join or config.auto:
         return None
+    return _own_mesh_id(state)
+
+
+def _own_mesh_id(state: Path) -> str:
     path = state / "mesh-id"
     with contextlib.suppress(OSError):
         existing = path.read_text().strip()
@@ -119,6 +144,8 @@ class MeshLink:
         self._on_change = on_change
         self.timing = timing or Timing()
         self.bootstrap = decode_join_tokens(config.join)
+        self.mesh_key = mesh_key_for(config.mesh_secret, config.join)
+        """Private mesh: the key every member proves it knows (None: open mesh)."""
         self.transport: Transport | None = None
         self.service: MeshService | None = None
         self.membership: Membership | None = None
@@ -182,8 +209,15 @@ class MeshLink:
             serve_http=self._serve_http,
             on_change=self._on_change,
             on_mesh_id=self._save_mesh_id,
+            mesh_key=self.mesh_key,
         )
-        self.token = encode_token(self.transport.addr())
+        self.token = encode_token(self.transport.addr(), self.mesh_key)
+
+    def originate_mesh(self) -> None:
+        """``--auto`` starts a mesh: give it this node's mesh id (unless one was adopted)."""
+        if self.membership is not None:
+            self.membership.originate_mesh_id(_own_mesh_id(self.state))
+            self._on_change()
 
     def _save_mesh_id(self, mesh_id: str) -> None:
         with contextlib.suppress(OSError):

@@ -70,3 +70,36 @@ def test_listen_all_without_a_key_names_the_risk() -> None:
     assert "--api-key" in warning
     assert exposure_warning(listen_all=True, has_api_key=True, port=1, console_port=2) is None
     assert exposure_warning(listen_all=False, has_api_key=False, port=1, console_port=2) is None
+
+
+def test_mesh_secret_from_argv_file_or_env(tmp_path: Path) -> None:
+    from mesh_llm.cli.credentials import mesh_secret
+
+    path = tmp_path / "secret"
+    path.write_text("# the lab's mesh\n  file secret words \n")
+    env = {"MESH_LLM_MESH_SECRET": " env secret words "}
+    assert mesh_secret("argv secret", None, env) == "argv secret"
+    assert mesh_secret(None, path, env) == "file secret words"
+    assert mesh_secret(None, None, env) == "env secret words"
+    assert mesh_secret(None, None, {}) is None
+    with pytest.raises(ConfigError, match="not both"):
+        mesh_secret("x", path, {})
+    with pytest.raises(ConfigError, match="empty"):
+        mesh_secret("  ", None, {})
+
+
+def test_a_private_mesh_is_never_published_nor_auto(tmp_path: Path) -> None:
+    from mesh_llm.protocol import EndpointAddrInfo, encode_token
+
+    parser = build_parser()
+    with pytest.raises(ConfigError, match="never published"):
+        config_from_args(parser.parse_args(["--mesh-secret", "s3cret-words", "--publish"]))
+    with pytest.raises(ConfigError, match="--auto"):
+        config_from_args(parser.parse_args(["--mesh-secret", "s3cret-words", "--auto"]))
+    token = encode_token(EndpointAddrInfo.create("ab" * 32, ip_addrs=["10.0.0.1:4"]), bytes(32))
+    with pytest.raises(ConfigError, match="never published"):
+        config_from_args(parser.parse_args(["--join", token, "--client", "--publish"]))
+    config = config_from_args(parser.parse_args(["--join", token, "--client"]))
+    assert config.mesh_secret is None
+    config = config_from_args(parser.parse_args(["--mesh-secret", "s3cret-words", "--client"]))
+    assert config.mesh_secret == "s3cret-words"

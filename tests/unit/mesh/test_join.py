@@ -155,3 +155,25 @@ def test_a_second_bootstrap_peer_joined_is_enough() -> None:
     m.connect_failed(A, T0 + 1, "refused")
     admit(m, B, T0 + 1)
     assert state(m) == JoinStatus(JoinState.JOINED, B, None, 2)
+
+
+def test_a_refusal_while_dialling_fails_the_join_with_its_reason() -> None:
+    m = joiner()
+    m.join(addr(A), T0)  # a private dialler: the dial stays pending during the handshake
+    m.admission_refused(A, T0 + 1, "refused: wrong mesh secret")
+    status = state(m)
+    assert status.state is JoinState.FAILED
+    assert status.reason == "refused: wrong mesh secret"
+    assert status.describe() == f"{A[:5].hex()} refused: wrong mesh secret"
+
+
+def test_a_refused_gossip_fails_the_join_after_the_connection_is_gone() -> None:
+    m = joiner()
+    m.join(addr(A), T0)
+    m.connection_up(A, False, T0 + 1)  # an open-mesh node: connected, then its gossip refused
+    m.admission_refused(A, T0 + 2, "refused: this mesh requires a mesh secret")
+    m.connection_lost(A, T0 + 2)
+    status = state(m)
+    assert status.state is JoinState.FAILED
+    assert status.reason == "refused: this mesh requires a mesh secret"
+    assert m.peer_ids() == []

@@ -76,7 +76,8 @@ def test_encode_frame_layout() -> None:
 def test_parse_stream_type() -> None:
     assert parse_stream_type(0x05) is StreamType.ROUTE_REQUEST
     assert parse_stream_type(0x0A) is StreamType.PLUGIN_BULK_TRANSFER
-    for bad in (0x00, 0x0B, 0xFF):
+    assert parse_stream_type(0x0B) is StreamType.ADMIT
+    for bad in (0x00, 0x0C, 0xFF):
         with pytest.raises(FrameError):
             parse_stream_type(bad)
 

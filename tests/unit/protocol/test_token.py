@@ -127,3 +127,24 @@ def test_token_round_trip(key: bytes, relays: list[str], ips: list[str]) -> None
     assert decode_token(encode_token(addr)) == addr
     assert decode_addr_json(encode_addr_json(addr)) == addr
     assert addr.id_bytes == key
+
+
+def test_private_token_carries_the_mesh_key_and_old_tokens_stay_valid() -> None:
+    from mesh_llm.protocol.token import decode_invite
+
+    addr = EndpointAddrInfo.create(ID_HEX, ip_addrs=["10.0.0.1:4"])
+    key = bytes(range(32))
+    plain = encode_token(addr)
+    private = encode_token(addr, key)
+    assert decode_invite(plain).mesh_key is None
+    assert decode_invite(private).mesh_key == key
+    assert decode_invite(private).addr == addr
+    assert decode_token(private) == addr  # readers of the address ignore the key
+    doc = json.loads(base64.urlsafe_b64decode(private + "=" * (-len(private) % 4)))
+    assert doc["mesh_key"] == key.hex()
+    for bad in ("zz" * 32, "ab", 5):
+        doc["mesh_key"] = bad
+        with pytest.raises(InvalidTokenError, match="mesh_key"):
+            decode_invite(_b64(json.dumps(doc).encode()))
+    with pytest.raises(InvalidTokenError):
+        encode_token(addr, b"short")

@@ -53,3 +53,26 @@ def test_nothing_to_do_without_connections(tmp_path: Path) -> None:
     link, service = link_with(set(), tmp_path)
     link.refresh_after_failure(None)
     assert service.applied == []
+
+
+def test_mesh_key_from_the_secret_or_the_tokens() -> None:
+    import pytest
+
+    from mesh_llm.errors import ConfigError
+    from mesh_llm.protocol import EndpointAddrInfo, encode_token, mesh_key_from_secret
+    from mesh_llm.runtime.mesh_link import mesh_key_for
+
+    addr = EndpointAddrInfo.create(A.hex(), ip_addrs=["10.0.0.1:4"])
+    key = mesh_key_from_secret("the mesh secret")
+    plain, private = encode_token(addr), encode_token(addr, key)
+    assert mesh_key_for(None, ()) is None
+    assert mesh_key_for(None, (plain,)) is None
+    assert mesh_key_for(None, (plain, private)) == key
+    assert mesh_key_for("the mesh secret", (plain,)) == key
+    assert mesh_key_for("the mesh secret", (private,)) == key
+    with pytest.raises(ConfigError, match="different mesh secret than --mesh-secret"):
+        mesh_key_for("another secret", (private,))
+    with pytest.raises(ConfigError, match="different mesh secrets"):
+        mesh_key_for(None, (private, encode_token(addr, bytes(32))))
+    with pytest.raises(ConfigError, match="--mesh-secret"):
+        mesh_key_for("short", ())

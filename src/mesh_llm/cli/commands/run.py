@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 from pathlib import Path
 
 from mesh_llm.cli import environment
-from mesh_llm.cli.credentials import api_keys, exposure_warning, join_tokens
-from mesh_llm.errors import ConfigError
+from mesh_llm.cli.credentials import api_keys, exposure_warning, join_tokens, mesh_secret
+from mesh_llm.errors import ConfigError, ProtocolError
 from mesh_llm.inference import BuildOptions
+from mesh_llm.protocol import decode_invite
 from mesh_llm.runtime import Node, NodeConfig
 
 __all__ = ["add_run_arguments", "config_from_args", "run"]
@@ -73,6 +75,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     mesh.add_argument("--join-file", type=Path, metavar="PATH",
                       help="invite tokens to join, one per line (kept out of ps; also "
                            "MESH_LLM_JOIN)")  # fmt: skip
+    mesh.add_argument("--mesh-secret", metavar="SECRET",
+                      help="private mesh: admit only nodes that know SECRET (carried in this "
+                           "node's invite token; never published; also --mesh-secret-file, "
+                           "MESH_LLM_MESH_SECRET)")  # fmt: skip
+    mesh.add_argument("--mesh-secret-file", type=Path, metavar="PATH",
+                      help="file whose first line is the mesh secret (kept out of ps)")  # fmt: skip
     mesh.add_argument("--client", action="store_true",
                       help="run no models; route every request to the mesh")  # fmt: skip
     mesh.add_argument("--split", action="store_true",
@@ -125,6 +133,19 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     if args.chat_template_file is not None and not args.chat_template_file.is_file():
         raise ConfigError(f"--chat-template-file {args.chat_template_file}: no such file")
     fast = environment.fast_path(os.environ)
+    join = join_tokens(args.join, args.join_file, os.environ)
+    secret = mesh_secret(args.mesh_secret, args.mesh_secret_file, os.environ)
+    private = secret is not None or tokens_carry_secret(join)
+    if private and args.publish:
+        raise ConfigError(
+            "--publish: a private mesh (--mesh-secret, or an invite token carrying one) is never "
+            "published on Nostr"
+        )
+    if private and args.auto:
+        raise ConfigError(
+            "--auto finds and starts public meshes; a private mesh (--mesh-secret) is joined "
+            "with its invite token (--join, --join-file)"
+        )
     return NodeConfig(
         models=tuple(args.model),
         gguf=tuple(args.gguf),
@@ -140,7 +161,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         parallel=args.parallel,
         client=args.client,
         split=args.split,
-        join=join_tokens(args.join, args.join_file, os.environ),
+        join=join,
+        mesh_secret=secret,
         api_keys=api_keys(args.api_key, args.api_key_file, os.environ),
         relays=tuple(args.relay),
         no_relay=args.no_relay,
@@ -163,6 +185,15 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         iroh_fast=fast.iroh_fast,
         native_relay=fast.native_relay,
     )
+
+
+def tokens_carry_secret(tokens: tuple[str, ...]) -> bool:
+    """Whether any invite token carries a mesh key (malformed ones are reported later)."""
+    for token in tokens:
+        with contextlib.suppress(ProtocolError):
+            if decode_invite(token).mesh_key is not None:
+                return True
+    return False
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
