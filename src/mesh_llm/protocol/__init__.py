@@ -1,5 +1,6 @@
 """Pure wire code: HTTP/1.1 parsing, mesh frames and codecs, stream transformers, invite tokens."""
 
+from mesh_llm.protocol.cors import CorsPolicy, with_cors
 from mesh_llm.protocol.frames import (
     FRAME_HEADER_BYTES,
     DemandEntry,
@@ -96,6 +97,7 @@ __all__: list[str] = [
     "render_response",
     "serialize_forward",
 ]
+__all__ += ["CorsPolicy", "with_cors"]
 __all__ += [
     "ALPN",
     "ALPN_LEGACY",

@@ -38,6 +38,7 @@ from mesh_llm.network.proxy.routing import (
 from mesh_llm.network.proxy.upstream import TcpUpstream, UpstreamStream
 from mesh_llm.network.relay import BlockingSource, ClientGoneError, NativeEnd, relay_from
 from mesh_llm.network.transport import BiStream
+from mesh_llm.protocol.cors import CorsPolicy, with_cors
 from mesh_llm.protocol.event_streams import EventStreamRewriter, rewriter_for
 from mesh_llm.protocol.http1 import (
     CONTINUE_RESPONSE,
@@ -82,7 +83,6 @@ once (rather than queueing at llama-server until the first-byte timeout)."""
 RETRY_AFTER_S = 2
 """Seconds a client told 503 (overloaded or no backend answered) is asked to wait."""
 
-_CORS_ORIGIN = ("Access-Control-Allow-Origin", "*")
 _JSON = ("Content-Type", "application/json")
 _MODELS_PATHS = frozenset({"/v1/models", "/models"})
 
@@ -90,7 +90,7 @@ _MODELS_PATHS = frozenset({"/v1/models", "/models"})
 def render_openai_error(status: int, message: str, type: str, code: str) -> bytes:
     """A complete HTTP response carrying an OpenAI-shaped error object."""
     body = json.dumps({"error": {"message": message, "type": type, "code": code}}).encode()
-    return render_response(status, [_JSON, _CORS_ORIGIN], body)
+    return render_response(status, [_JSON], body)
 
 
 def render_api_error(path: str, status: int, message: str, type: str, code: str) -> bytes:
@@ -100,7 +100,7 @@ def render_api_error(path: str, status: int, message: str, type: str, code: str)
         return render_openai_error(status, message, type, code)
     kind = "api_error" if type == "server_error" else type
     body = json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
-    return render_response(status, [_JSON, _CORS_ORIGIN], body)
+    return render_response(status, [_JSON], body)
 
 
 def _error_for(exc: HttpProtocolError) -> bytes:
@@ -136,10 +136,14 @@ class ByteCounter(Protocol):
 class _Client:
     """The requesting side of one exchange: a TCP socket or an HTTP tunnel stream."""
 
-    __slots__ = ("response_started",)
+    __slots__ = ("cors", "response_started")
 
     def __init__(self) -> None:
         self.response_started = False
+        self.cors: bytes | None = None
+        """CORS header lines the response head gets (:func:`with_cors`, which also drops the
+        upstream's own); None: the head is sent as it is (a tunnelled request: the ingress it
+        entered applies its policy)."""
 
     async def read(self, n: int) -> bytes:
         """Up to ``n`` request bytes; ``b""`` at the end or if the client failed."""
@@ -150,7 +154,9 @@ class _Client:
         raise NotImplementedError
 
     async def send(self, data: bytes) -> None:
-        """Send response bytes."""
+        """Send response bytes; the first ones (a complete head) get the CORS headers."""
+        if not self.response_started and self.cors is not None:
+            data = with_cors(data, self.cors)
         self.response_started = True
         await self.write(data)
 
@@ -313,6 +319,10 @@ class Ingress:
         self._api_keys = api_keys if api_keys is not None else ApiKeys()
         """Keys a client connecting to the listener must present (``--api-key``); requests
         arriving through a mesh tunnel were checked at their own ingress."""
+        self._cors = CorsPolicy(any_origin=self._api_keys.required)
+        """Which web pages may read the answers (protocol/cors): any when a key guards the API,
+        else local ones only. Applied to the listener's clients; a tunnelled request's
+        response head is left to the ingress it entered."""
         self.substitutions_total = 0
         """Requests for an unknown model answered by another one."""
         self.substitutions: dict[str, int] = {}
@@ -367,8 +377,10 @@ class Ingress:
         if self._closing:
             writer.transport.abort()
             return
+        client = _SocketClient(reader, writer)
+        client.cors = self._cors.header_lines(None, None)  # until the request says more
         try:
-            await self._handle(_SocketClient(reader, writer))
+            await self._handle(client)
         except asyncio.CancelledError:
             # This is the connection task's root. Cancelled by close() (it already cleaned up),
             # it ends quietly: asyncio 3.11's start_server callback would log the cancellation
@@ -402,7 +414,7 @@ class Ingress:
                 logger.exception("ingress connection handler failed")
                 if not client.response_started:
                     with contextlib.suppress(ConnectionError):
-                        await client.write(
+                        await client.send(
                             render_openai_error(
                                 500, "internal proxy error", "server_error", "internal"
                             )
@@ -423,6 +435,15 @@ class Ingress:
         if request is None:
             return
         self.requests_total += 1
+        if isinstance(conn, _SocketClient):
+            origin, host = request.header("Origin"), request.header("Host")
+            conn.cors = self._cors.header_lines(origin, host)
+            if request.method != "OPTIONS" and self._cors.refuses(origin, host):
+                # A page of another site: no CORS header lets it read the answer, and this
+                # keeps its "simple" requests (sent without a preflight) from using the node.
+                with contextlib.suppress(ConnectionError):
+                    await conn.send(_origin_refused(request.path))
+                return
         if isinstance(conn, _SocketClient) and not self._authorized(request):
             with contextlib.suppress(ConnectionError):
                 await conn.send(_unauthorized(request.path))
@@ -502,7 +523,6 @@ class Ingress:
             return render_response(
                 204,
                 [
-                    _CORS_ORIGIN,
                     ("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS"),
                     ("Access-Control-Allow-Headers", allow_headers),
                     ("Access-Control-Max-Age", "86400"),
@@ -511,7 +531,7 @@ class Ingress:
             )
         if request.method == "GET" and request.path in _MODELS_PATHS:
             payload = {"object": "list", "data": self._models_listing()}
-            return _json_response(200, payload, _CORS_ORIGIN)
+            return _json_response(200, payload)
         if request.method == "GET" and request.path == "/health":
             return _json_response(200, {"status": "ok"})
         return None
@@ -754,8 +774,29 @@ def _model_not_found(path: str, snapshot: RoutingSnapshot, model: str) -> bytes:
         body = json.dumps(
             {"type": "error", "error": {"type": "not_found_error", "message": message}}
         )
-        return render_response(404, [_JSON, _CORS_ORIGIN], body.encode())
+        return render_response(404, [_JSON], body.encode())
     return render_openai_error(404, message, "invalid_request_error", "model_not_found")
+
+
+ORIGIN_REFUSED_MESSAGE = (
+    "requests from web pages of other sites are refused: without an API key (--api-key) only "
+    "pages served from this machine, or from the address the request was sent to, may use it"
+)
+
+
+def _origin_refused(path: str) -> bytes:
+    """403 in the dialect of the API at ``path``."""
+    if path.startswith("/v1/messages"):
+        body = json.dumps(
+            {
+                "type": "error",
+                "error": {"type": "permission_error", "message": ORIGIN_REFUSED_MESSAGE},
+            }
+        ).encode()
+        return render_response(403, [_JSON], body)
+    return render_openai_error(
+        403, ORIGIN_REFUSED_MESSAGE, "invalid_request_error", "origin_not_allowed"
+    )
 
 
 def _unauthorized(path: str) -> bytes:
@@ -767,7 +808,7 @@ def _unauthorized(path: str) -> bytes:
                 "error": {"type": "authentication_error", "message": UNAUTHORIZED_MESSAGE},
             }
         ).encode()
-        return render_response(401, [_JSON, _CORS_ORIGIN], body)
+        return render_response(401, [_JSON], body)
     return render_openai_error(
         401, UNAUTHORIZED_MESSAGE, "invalid_request_error", "invalid_api_key"
     )
