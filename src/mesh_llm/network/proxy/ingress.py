@@ -17,7 +17,7 @@ import json
 import logging
 import socket
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -36,7 +36,13 @@ from mesh_llm.network.proxy.routing import (
     substituted_name,
 )
 from mesh_llm.network.proxy.upstream import TcpUpstream, UpstreamStream
-from mesh_llm.network.relay import BlockingSource, ClientGoneError, NativeEnd, relay_from
+from mesh_llm.network.relay import (
+    BlockingSource,
+    ClientGoneError,
+    Interrupt,
+    NativeEnd,
+    relay_from,
+)
 from mesh_llm.network.transport import BiStream
 from mesh_llm.protocol.cors import CorsPolicy, with_cors
 from mesh_llm.protocol.event_streams import EventStreamRewriter, rewriter_for
@@ -307,7 +313,8 @@ class Ingress:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
-        self._relaying: set[TcpUpstream] = set()
+        self._relaying: set[Interrupt] = set()
+        """One per response being relayed: fired at close to end it early (see close)."""
         self.inflight = 0
         """Connections being handled now."""
         self.requests_total = 0
@@ -351,15 +358,15 @@ class Ingress:
         logger.info("ingress listening on %s:%d", self._host, self.port)
 
     async def close(self, grace: float = SHUTDOWN_GRACE) -> None:
-        """Stop accepting, then drain: responses being relayed from a local llama-server lose
-        their upstream, so each ends as a dying server's would (an event stream with an error
-        event saying the node shuts down, rather than a cut connection); whatever has not ended
-        within ``grace`` seconds is cancelled."""
+        """Stop accepting, then drain: responses being relayed (from a local llama-server or
+        through a tunnel) lose their upstream, so each ends as a dying server's would (an event
+        stream with an error event saying the node shuts down, rather than a cut connection);
+        whatever has not ended within ``grace`` seconds is cancelled."""
         self._closing = True
         if self._server is not None:
             self._server.close()
-        for upstream in list(self._relaying):
-            upstream.interrupt()
+        for interrupt in list(self._relaying):
+            interrupt.fire()
         tasks = list(self._tasks)
         if tasks and grace > 0:
             await asyncio.wait(tasks, timeout=grace)
@@ -574,13 +581,16 @@ class Ingress:
             upstream, first = attempt
             fallbacks = [c for c in candidates[index + 1 :] if c.model == target.model]
             resume = _Resume(request, fallbacks) if request.path == CHAT_PATH else None
+            interrupt = Interrupt(fired=self._closing)
             if isinstance(upstream, TcpUpstream):
-                self._relaying.add(upstream)
+                interrupt.add(upstream.interrupt)
+            self._relaying.add(interrupt)
             try:
-                await self._relay(conn, upstream, first, target.model, request.path, resume)
+                await self._relay(
+                    conn, upstream, first, target.model, request.path, resume, interrupt
+                )
             finally:
-                if isinstance(upstream, TcpUpstream):
-                    self._relaying.discard(upstream)
+                self._relaying.discard(interrupt)
                 await _close_upstream(upstream)
             return
         message = no_target_error(snapshot, model or answering)
@@ -638,6 +648,7 @@ class Ingress:
         model: str,
         path: str,
         resume: _Resume | None = None,
+        interrupt: Interrupt | None = None,
     ) -> None:
         cut = first.index(b"\r\n") + 2
         head_end = first.find(b"\r\n\r\n")
@@ -674,28 +685,33 @@ class Ingress:
             elif rewriter is None and isinstance(upstream, TcpUpstream) and stream_client:
                 await upstream.relay_into(stream_client, observe, conn.write)
             elif rewriter is None and client_socket and isinstance(upstream, BlockingSource):
-                await relay_from(upstream, client_socket, observe)
+                await relay_from(upstream, client_socket, observe, interrupt)
             else:
-                while chunk := await upstream.read(READ_SIZE):
-                    if rewriter is not None:
-                        chunk = rewriter.feed(chunk)
-                    elif tracker is not None:
-                        tracker.feed(chunk)
-                        if recorder is not None:
-                            recorder(chunk)
-                    await conn.write(chunk)
+                async with _interruptible(interrupt):
+                    while chunk := await upstream.read(READ_SIZE):
+                        if rewriter is not None:
+                            chunk = rewriter.feed(chunk)
+                        elif tracker is not None:
+                            tracker.feed(chunk)
+                            if recorder is not None:
+                                recorder(chunk)
+                        await conn.write(chunk)
         except ConnectionError:
             logger.debug("client went away during the response")
             return
-        except (OSError, MeshLlmError) as exc:
-            logger.warning("upstream failed mid-response: %s", exc)
+        except (OSError, MeshLlmError) as exc:  # TimeoutError: interrupted (see _interruptible)
+            if self._closing:
+                logger.info("ending a response early: the node shuts down")
+            else:
+                logger.warning("upstream failed mid-response: %s", exc)
         if rewriter is not None:
             broken, at_boundary = not rewriter.done, True  # it only ever sends whole chunks
         else:
             broken = tracker is not None and not tracker.done
             at_boundary = tracker is not None and tracker.at_boundary
         if broken:
-            logger.warning("the llama-server for %s ended its event stream early", model)
+            if not self._closing:
+                logger.warning("the llama-server for %s ended its event stream early", model)
             if at_boundary and self._closing:
                 with contextlib.suppress(ConnectionError):
                     await conn.send(stream_error_tail(path, SHUTDOWN_MESSAGE))
@@ -864,6 +880,25 @@ class _Resume:
 
     request: Request
     fallbacks: Sequence[Target]
+
+
+@contextlib.asynccontextmanager
+async def _interruptible(interrupt: Interrupt | None) -> AsyncIterator[None]:
+    """Reads in the block end with TimeoutError once ``interrupt`` fires (and not after the
+    block is left)."""
+    async with asyncio.timeout(None) as scope:
+        inside = True
+
+        def stop() -> None:
+            if inside:
+                scope.reschedule(asyncio.get_running_loop().time())
+
+        if interrupt is not None:
+            interrupt.add(stop)
+        try:
+            yield
+        finally:
+            inside = False
 
 
 def _observer(
