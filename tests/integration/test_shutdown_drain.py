@@ -134,6 +134,9 @@ def test_ctrl_c_mid_tunnelled_stream_ends_it_with_an_error_event(tmp_path: Path,
             "shutting down" in last["error"]["message"] or "stopped" in last["error"]["message"]
         ), last
         _assert_quiet_exit(victim)
+        for node in nodes:  # the node that stayed up logged no crash either
+            log = node.log_path.read_text(errors="replace")
+            assert "Traceback" not in log, node.log_tail(80)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n" + "\n".join(n.log_tail(80) for n in nodes)) from None
     finally:
