@@ -19,6 +19,7 @@ import pytest
 
 from tests.integration.conformance import LOOPBACK_MESH, MODEL
 from tests.integration.harness import MeshNode, wait_for
+from tests.integration.test_cors import ACAO, CONSOLE, EVIL, chat, request, values
 
 pytestmark = pytest.mark.e2e
 
@@ -79,6 +80,11 @@ def test_api_key_and_tokens_out_of_argv(tmp_path: Path) -> None:
         assert isinstance(body, dict)
         assert body["code"] == "invalid_api_key"
         assert _chat(host, KEY)
+        # A key guards the API, so any page may read it (CORS "*"), llama-server's echo replaced.
+        keyed = request(host.api, "POST", "/v1/chat/completions", EVIL, chat(), key=KEY)
+        assert (keyed[0], values(keyed[1], ACAO)) == (200, ["*"])
+        unkeyed = request(host.api, "POST", "/v1/chat/completions", EVIL, chat())
+        assert (unkeyed[0], values(unkeyed[1], ACAO)) == (401, ["*"])
         assert _status_code(f"{host.console}/api/runtime/models", "POST") == 401
 
         token: str = wait_for(lambda: host.status()["token"], 30, "the host's invite token")
@@ -97,6 +103,12 @@ def test_api_key_and_tokens_out_of_argv(tmp_path: Path) -> None:
             # The clients have no key of their own: their API is open, the host's tunnel
             # serves them.
             assert _chat(client, "anything")
+        # Through the tunnel: the client's own policy (open, so local pages only) decides, and
+        # the host's llama-server's echo of the origin does not come along.
+        for stream in (False, True):
+            served = request(by_file.api, "POST", "/v1/chat/completions", CONSOLE, chat(stream))
+            assert (served[0], values(served[1], ACAO)) == (200, [CONSOLE])
+        assert request(by_file.api, "POST", "/v1/chat/completions", EVIL, chat())[0] == 403
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n" + "\n".join(n.log_tail() for n in nodes)) from None
     finally:

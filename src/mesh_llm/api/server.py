@@ -37,7 +37,14 @@ from mesh_llm.api.models_view import mesh_models
 from mesh_llm.errors import HttpProtocolError, MeshLlmError, PortInUseError, ProtocolError
 from mesh_llm.models import catalog_entries
 from mesh_llm.network import UNAUTHORIZED_MESSAGE, ApiKeys
-from mesh_llm.protocol import Request, RequestComplete, RequestReader, render_response
+from mesh_llm.protocol import (
+    CorsPolicy,
+    Request,
+    RequestComplete,
+    RequestReader,
+    render_response,
+    with_cors,
+)
 
 __all__ = ["ManagementServer"]
 
@@ -50,6 +57,10 @@ MAX_BODY = 1024 * 1024
 JsonFn = Callable[[], dict[str, object]]
 ModelAction = Callable[[str], Awaitable[tuple[int, dict[str, object]]]]
 """Load or unload a model by name: (HTTP status, JSON body)."""
+
+CORS = CorsPolicy(any_origin=False)
+"""Reads are open and carry the invite token, so whatever the keys, only local pages (and the
+console under the address it was opened at) may read them; the console itself is same-origin."""
 
 _ASSET_TYPES = {
     ".js": "text/javascript; charset=utf-8",
@@ -79,7 +90,7 @@ def _page() -> bytes:
 
 def _json(status: int, payload: object, extra: tuple[tuple[str, str], ...] = ()) -> bytes:
     body = json.dumps(payload).encode()
-    headers = (("Content-Type", "application/json"), ("Access-Control-Allow-Origin", "*"), *extra)
+    headers = (("Content-Type", "application/json"), *extra)
     return render_response(status, headers, body)
 
 
@@ -191,51 +202,59 @@ class ManagementServer:
         if request is None:
             return  # too slow: close silently
         method, path = request.method, request.path
+        origin, host = request.header("Origin"), request.header("Host")
+        cors = CORS.header_lines(origin, host)
+
+        def send(response: bytes) -> None:
+            writer.write(with_cors(response, cors))
+
         if method == "OPTIONS":
-            writer.write(
+            send(
                 render_response(
                     204,
                     (
-                        ("Access-Control-Allow-Origin", "*"),
                         ("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS"),
                         ("Access-Control-Allow-Headers", "*"),
                     ),
                     b"",
                 )
             )
+        elif method != "GET" and CORS.refuses(origin, host):
+            # A page of another site: its "simple" requests arrive without a preflight.
+            send(_error(403, f"requests from web pages of {origin} are refused"))
         elif method != "GET" and not self._api_keys.allows(request.header):
-            writer.write(_error(401, UNAUTHORIZED_MESSAGE))
+            send(_error(401, UNAUTHORIZED_MESSAGE))
         elif path == "/api/runtime/models" and method == "POST":
-            writer.write(await self._load(request.body))
+            send(await self._load(request.body))
         elif path.startswith("/api/runtime/models/") and method == "DELETE":
-            writer.write(await self._unload(path[len("/api/runtime/models/") :]))
+            send(await self._unload(path[len("/api/runtime/models/") :]))
         elif method != "GET":
-            writer.write(_error(405, f"method {method} not allowed on {path}"))
+            send(_error(405, f"method {method} not allowed on {path}"))
         elif path == "/api/status":
-            writer.write(await self._status_response())
+            send(await self._status_response())
         elif path == "/api/events":
-            await self._events(writer)
+            await self._events(writer, cors)
             return
         elif path == "/api/discover":
-            writer.write(await self._discover_response())
+            send(await self._discover_response())
         elif path == "/api/runtime":
-            writer.write(_json(200, self._runtime_models()))
+            send(_json(200, self._runtime_models()))
         elif path == "/api/runtime/processes":
-            writer.write(_json(200, self._runtime_processes()))
+            send(_json(200, self._runtime_processes()))
         elif path == "/api/models":
-            writer.write(_json(200, mesh_models(self._status(), catalog_entries())))
+            send(_json(200, mesh_models(self._status(), catalog_entries())))
         elif path in ("/", "/index.html", "/dashboard", "/chat") or path.startswith("/chat/"):
             headers = (("Content-Type", "text/html; charset=utf-8"), ("Cache-Control", "no-cache"))
-            writer.write(render_response(200, headers, _page()))
+            send(render_response(200, headers, _page()))
         elif path.startswith("/assets/") and (body := _asset(path[len("/assets/") :])):
             suffix = path[path.rfind(".") :]
             headers = (
                 ("Content-Type", _ASSET_TYPES[suffix]),
                 ("Cache-Control", "public, max-age=31536000, immutable"),
             )
-            writer.write(render_response(200, headers, body))
+            send(render_response(200, headers, body))
         else:
-            writer.write(_error(404, f"no route for {path}"))
+            send(_error(404, f"no route for {path}"))
         await writer.drain()
 
     async def _load(self, body: bytes) -> bytes:
@@ -272,15 +291,15 @@ class ManagementServer:
     async def _status_response(self) -> bytes:
         return _json(200, self._status())
 
-    async def _events(self, writer: asyncio.StreamWriter) -> None:
-        writer.write(
+    async def _events(self, writer: asyncio.StreamWriter, cors: bytes) -> None:
+        head = (
             b"HTTP/1.1 200 OK\r\n"
             b"Content-Type: text/event-stream\r\n"
             b"Cache-Control: no-cache\r\n"
             b"X-Accel-Buffering: no\r\n"
-            b"Access-Control-Allow-Origin: *\r\n"
             b"Connection: close\r\n\r\n"
         )
+        writer.write(with_cors(head, cors))
         version = self._hub.version
         writer.write(b"data: " + json.dumps(self._status()).encode() + b"\n\n")
         await writer.drain()

@@ -17,9 +17,9 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import assert_never
 
-from mesh_llm.protocol.token import PeerId
+from mesh_llm.protocol.token import EndpointAddrInfo, PeerId
 
-__all__ = ["JoinFailure", "JoinState", "JoinStatus", "join_status"]
+__all__ = ["JoinFailure", "JoinState", "JoinStatus", "join_status", "redial_address"]
 
 
 class JoinState(enum.StrEnum):
@@ -96,3 +96,40 @@ def join_status(
     if failure is None:
         return JoinStatus(JoinState.JOINING, bootstrap[0], None, attempts)  # not dialled yet
     return JoinStatus(JoinState.FAILED, failure.peer_id, failure.reason, attempts)
+
+
+def redial_address(
+    token: EndpointAddrInfo,
+    *,
+    failures: int,
+    relays: Sequence[str],
+    learned: EndpointAddrInfo | None = None,
+) -> EndpointAddrInfo | None:
+    """The address to dial a bootstrap peer at after ``failures`` failed dials of it, or None
+    to dial the token's address as it is.
+
+    A token's direct addresses go stale (the host moved, or restarted on another port before it
+    kept its port). The peer's *id* still names it: iroh reaches an id through a relay it is
+    connected to. So after a failure the same id is dialled with one relay in turn (the token's
+    other relays, this node's relay map: ``relays``, empty under ``--no-relay``, the relays gossip
+    named for it, and last the one the failed dial used; a dial names one relay) and every IP
+    address known for it: the token's and those the mesh's gossip taught us
+    (``learned``). None when that adds nothing to the token's address (no failure yet, or no
+    relay and nothing learned)."""
+    if failures <= 0:
+        return None
+    ips = list(token.ip_addrs)
+    known = [*token.relay_urls, *relays]
+    if learned is not None and learned.id_hex == token.id_hex:
+        known += learned.relay_urls
+        ips += [ip for ip in learned.ip_addrs if ip not in ips]
+    # The relay the failed dial used (the transport dials the first one) comes last in turn.
+    tried = token.relay_urls[:1]
+    candidates = [r for r in dict.fromkeys(known) if r not in tried] + list(tried)
+    relay = [candidates[(failures - 1) % len(candidates)]] if candidates else []
+    redial = EndpointAddrInfo.create(token.id_hex, relay, ips)
+    if set(redial.relay_urls) <= set(token.relay_urls) and set(redial.ip_addrs) <= set(
+        token.ip_addrs
+    ):
+        return None
+    return redial

@@ -47,7 +47,7 @@ from mesh_llm.mesh.actions import (
 )
 from mesh_llm.mesh.demand import DemandTable
 from mesh_llm.mesh.hosts import hosts_for_model, route_table
-from mesh_llm.mesh.join import JoinFailure, JoinStatus, join_status
+from mesh_llm.mesh.join import JoinFailure, JoinStatus, join_status, redial_address
 from mesh_llm.mesh.liveness import Link
 from mesh_llm.mesh.peers import Admission, PeerTable, addr_count, strip_self_fields
 from mesh_llm.mesh.timing import Timing
@@ -99,10 +99,13 @@ class Membership:
         mesh_id: str | None = None,
         bootstrap: Iterable[EndpointAddrInfo] = (),
         wall_offset: float = 0.0,
+        relay_urls: Iterable[str] = (),
     ) -> None:
         """``mesh_id``: set by the originator (a joiner leaves it None and adopts one).
         ``bootstrap``: the ``--join`` addresses, re-dialled every ``rejoin_interval``.
-        ``wall_offset``: unix time minus ``now``, for demand timestamps."""
+        ``wall_offset``: unix time minus ``now``, for demand timestamps.
+        ``relay_urls``: this node's relay map (empty without relays): a bootstrap peer whose
+        token address failed is dialled again by id through them (``join.redial_address``)."""
         if len(own_id) != 32:
             raise ValueError("own_id must be the 32-byte endpoint id")
         self.own_id = own_id
@@ -112,6 +115,9 @@ class Membership:
         self._bootstrap = tuple(a for a in bootstrap if a.id_bytes != own_id)
         self._bootstrap_ids = tuple(a.id_bytes for a in self._bootstrap)
         self._join_attempts = 0
+        self._relay_urls = tuple(relay_urls)
+        self._bootstrap_failures: dict[bytes, int] = {}
+        """Failed dials of each bootstrap peer: picks the relay the next redial goes through."""
         self._join_failure: JoinFailure | None = None
         self._joined_once = False
         self._join_warned: JoinFailure | None = None
@@ -454,7 +460,7 @@ class Membership:
                 pid = addr.id_bytes
                 if pid not in self._links and pid not in self._dialing:
                     self._peers.clear_dead(pid)
-                    actions += self._dial(addr, ConnectReason.REJOIN, now)
+                    actions += self._dial(self._bootstrap_addr(addr), ConnectReason.REJOIN, now)
         return actions
 
     # ------------------------------------------------------------------------------------------
@@ -487,11 +493,35 @@ class Membership:
     ) -> list[Action]:
         if peer_id in self._bootstrap_ids:
             self._join_failed(peer_id, why)
+            failures = self._bootstrap_failures.get(peer_id, 0) + 1
+            self._bootstrap_failures[peer_id] = failures
+            if reason is ConnectReason.JOIN and failures == 1:
+                # The token's address failed: try the same id through a relay at once rather
+                # than at the next rejoin.
+                token = next(a for a in self._bootstrap if a.id_bytes == peer_id)
+                redial = self._bootstrap_addr(token)
+                if redial is not token:
+                    via = ", ".join(redial.relay_urls) or "the addresses gossip named"
+                    log.info("dialling %s again by its id, through %s", _short(peer_id), via)
+                    return self._dial(redial, ConnectReason.REJOIN, now)
         if reason is ConnectReason.RECONNECT and peer_id in self._reconnecting:
             return self._remove(peer_id, now, ChangeReason.LOST)
         if reason is ConnectReason.HEARTBEAT and peer_id in self._heartbeat_pending:
             return self._heartbeat_failed(peer_id, now)
         return []
+
+    def _bootstrap_addr(self, token: EndpointAddrInfo) -> EndpointAddrInfo:
+        """Where to dial a bootstrap peer now: its token's address until that failed, then by
+        id through a relay (see :func:`redial_address`)."""
+        pid = token.id_bytes
+        info = self._peers.get(pid)
+        redial = redial_address(
+            token,
+            failures=self._bootstrap_failures.get(pid, 0),
+            relays=self._relay_urls,
+            learned=info.announcement.addr if info is not None else None,
+        )
+        return token if redial is None else redial
 
     def _admit(self, remote_id: PeerId, entry: PeerAnnouncement, now: float) -> list[Action]:
         actions: list[Action] = []

@@ -16,6 +16,7 @@ from mesh_llm.protocol.admission import (
     verify_acceptor,
     verify_dialer,
 )
+from mesh_llm.protocol.cors import CorsPolicy, with_cors
 from mesh_llm.protocol.frames import (
     FRAME_HEADER_BYTES,
     DemandEntry,
@@ -114,6 +115,7 @@ __all__: list[str] = [
     "render_response",
     "serialize_forward",
 ]
+__all__ += ["CorsPolicy", "with_cors"]
 __all__ += [
     "ALPN",
     "ALPN_LEGACY",

@@ -18,6 +18,7 @@ from typing import Any
 from mesh_llm.errors import ConfigError, PortInUseError, ProtocolError
 from mesh_llm.mesh import JoinStatus, Membership, MeshService, SendGossip, Timing
 from mesh_llm.network import (
+    DEFAULT_RELAY_URLS,
     BiStream,
     PeerTraffic,
     Target,
@@ -202,6 +203,7 @@ class MeshLink:
             mesh_id=_mesh_id_for(self.config, self.state),
             bootstrap=self.bootstrap,
             wall_offset=time.time() - now,
+            relay_urls=() if self.config.no_relay else (relays or DEFAULT_RELAY_URLS),
         )
         self.service = MeshService(
             self.transport,

@@ -96,7 +96,7 @@ log = logging.getLogger(__name__)
 
 
 def _json_reply(status: int, payload: object) -> bytes:
-    headers = (("Content-Type", "application/json"), ("Access-Control-Allow-Origin", "*"))
+    headers = (("Content-Type", "application/json"),)  # CORS: the ingress's policy adds it
     return render_response(status, headers, json.dumps(payload).encode())
 
 

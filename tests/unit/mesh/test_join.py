@@ -8,7 +8,7 @@ import random
 import pytest
 
 from mesh_llm.mesh import Connect, ConnectReason, JoinState, JoinStatus, Membership, join_status
-from mesh_llm.mesh.join import JoinFailure
+from mesh_llm.mesh.join import JoinFailure, redial_address
 from mesh_llm.protocol.frames import GossipFrame, PeerAnnouncement
 from mesh_llm.protocol.token import EndpointAddrInfo
 
@@ -177,3 +177,63 @@ def test_a_refused_gossip_fails_the_join_after_the_connection_is_gone() -> None:
     assert status.state is JoinState.FAILED
     assert status.reason == "refused: this mesh requires a mesh secret"
     assert m.peer_ids() == []
+
+
+# ------------------------------------------------- a stale token address: redial by id (item 2)
+
+RELAY_1 = "https://relay-one.example./"
+RELAY_2 = "https://relay-two.example./"
+
+
+def test_no_redial_before_a_failure_or_without_anything_new() -> None:
+    token = addr(A)
+    assert redial_address(token, failures=0, relays=[RELAY_1]) is None
+    assert redial_address(token, failures=3, relays=[]) is None  # --no-relay, nothing learned
+    own = EndpointAddrInfo.create(A.hex(), [RELAY_1], ["10.0.0.1:7000"])
+    assert redial_address(own, failures=1, relays=[RELAY_1]) is None  # that relay was tried
+
+
+def test_redial_goes_by_id_through_each_relay_in_turn() -> None:
+    token = addr(A)
+    got = [redial_address(token, failures=n, relays=[RELAY_1, RELAY_2]) for n in (1, 2, 3)]
+    assert [g.relay_urls if g else None for g in got] == [(RELAY_1,), (RELAY_2,), (RELAY_1,)]
+    for g in got:
+        assert g is not None
+        assert (g.id_hex, g.ip_addrs) == (token.id_hex, token.ip_addrs)
+
+
+def test_the_tokens_own_relay_comes_last_and_gossip_adds_addresses() -> None:
+    token = EndpointAddrInfo.create(A.hex(), [RELAY_2], ["10.0.0.1:7000"])
+    learned = EndpointAddrInfo.create(A.hex(), [], ["10.0.0.9:7100"])
+    first = redial_address(token, failures=1, relays=[RELAY_1, RELAY_2], learned=learned)
+    assert first == EndpointAddrInfo.create(A.hex(), [RELAY_1], ["10.0.0.1:7000", "10.0.0.9:7100"])
+    second = redial_address(token, failures=2, relays=[RELAY_1, RELAY_2], learned=learned)
+    assert second is not None
+    assert second.relay_urls == (RELAY_2,)
+    other = EndpointAddrInfo.create(B.hex(), [], ["10.9.9.9:1"])  # another node's: ignored
+    assert redial_address(token, failures=1, relays=[], learned=other) is None
+
+
+def test_a_failed_join_is_redialled_at_once_by_id_through_our_relay() -> None:
+    m = Membership(ME, now=T0, bootstrap=[addr(A)], relay_urls=[RELAY_1])
+    m.join(addr(A), T0)
+    actions = m.connect_failed(A, T0 + 1, "connect to 0202020202 timed out")
+    by_id = EndpointAddrInfo.create(A.hex(), [RELAY_1], ["10.0.0.1:7000"])
+    assert actions == [Connect(by_id, ConnectReason.REJOIN, m.timing.connect_timeout)]
+    assert state(m).state is JoinState.RETRYING
+    assert state(m).reason == "connect to 0202020202 timed out"
+    # That failed too: the next rejoin dials by id again (not the stale token address).
+    assert m.connect_failed(A, T0 + 2, "still nothing") == []
+    assert state(m).state is JoinState.FAILED
+    later = [a for a in m.tick(T0 + m.timing.rejoin_interval) if isinstance(a, Connect)]
+    assert [a.addr for a in later] == [by_id]
+    admit(m, A, T0 + m.timing.rejoin_interval + 1)
+    assert state(m).state is JoinState.JOINED
+
+
+def test_without_relays_the_token_address_is_all_there_is() -> None:
+    m = joiner()
+    m.join(addr(A), T0)
+    assert m.connect_failed(A, T0 + 1, "refused") == []
+    later = [a for a in m.tick(T0 + m.timing.rejoin_interval) if isinstance(a, Connect)]
+    assert [a.addr for a in later] == [addr(A)]

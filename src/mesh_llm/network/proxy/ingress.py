@@ -17,7 +17,7 @@ import json
 import logging
 import socket
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -43,8 +43,15 @@ from mesh_llm.network.proxy.warmup import (
     wait_for_model,
     wants_stream,
 )
-from mesh_llm.network.relay import BlockingSource, ClientGoneError, NativeEnd, relay_from
+from mesh_llm.network.relay import (
+    BlockingSource,
+    ClientGoneError,
+    Interrupt,
+    NativeEnd,
+    relay_from,
+)
 from mesh_llm.network.transport import BiStream
+from mesh_llm.protocol.cors import CorsPolicy, with_cors
 from mesh_llm.protocol.event_streams import EventStreamRewriter, rewriter_for
 from mesh_llm.protocol.http1 import (
     CONTINUE_RESPONSE,
@@ -89,7 +96,6 @@ once (rather than queueing at llama-server until the first-byte timeout)."""
 RETRY_AFTER_S = 2
 """Seconds a client told 503 (overloaded or no backend answered) is asked to wait."""
 
-_CORS_ORIGIN = ("Access-Control-Allow-Origin", "*")
 _JSON = ("Content-Type", "application/json")
 _MODELS_PATHS = frozenset({"/v1/models", "/models"})
 
@@ -97,7 +103,7 @@ _MODELS_PATHS = frozenset({"/v1/models", "/models"})
 def render_openai_error(status: int, message: str, type: str, code: str) -> bytes:
     """A complete HTTP response carrying an OpenAI-shaped error object."""
     body = json.dumps({"error": {"message": message, "type": type, "code": code}}).encode()
-    return render_response(status, [_JSON, _CORS_ORIGIN], body)
+    return render_response(status, [_JSON], body)
 
 
 def render_api_error(path: str, status: int, message: str, type: str, code: str) -> bytes:
@@ -107,7 +113,7 @@ def render_api_error(path: str, status: int, message: str, type: str, code: str)
         return render_openai_error(status, message, type, code)
     kind = "api_error" if type == "server_error" else type
     body = json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
-    return render_response(status, [_JSON, _CORS_ORIGIN], body)
+    return render_response(status, [_JSON], body)
 
 
 def _error_for(exc: HttpProtocolError) -> bytes:
@@ -143,10 +149,14 @@ class ByteCounter(Protocol):
 class _Client:
     """The requesting side of one exchange: a TCP socket or an HTTP tunnel stream."""
 
-    __slots__ = ("response_started",)
+    __slots__ = ("cors", "response_started")
 
     def __init__(self) -> None:
         self.response_started = False
+        self.cors: bytes | None = None
+        """CORS header lines the response head gets (:func:`with_cors`, which also drops the
+        upstream's own); None: the head is sent as it is (a tunnelled request: the ingress it
+        entered applies its policy)."""
 
     async def read(self, n: int) -> bytes:
         """Up to ``n`` request bytes; ``b""`` at the end or if the client failed."""
@@ -157,7 +167,9 @@ class _Client:
         raise NotImplementedError
 
     async def send(self, data: bytes) -> None:
-        """Send response bytes."""
+        """Send response bytes; the first ones (a complete head) get the CORS headers."""
+        if not self.response_started and self.cors is not None:
+            data = with_cors(data, self.cors)
         self.response_started = True
         await self.write(data)
 
@@ -311,7 +323,8 @@ class Ingress:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
-        self._relaying: set[TcpUpstream] = set()
+        self._relaying: set[Interrupt] = set()
+        """One per response being relayed: fired at close to end it early (see close)."""
         self.inflight = 0
         """Connections being handled now."""
         self.requests_total = 0
@@ -323,6 +336,10 @@ class Ingress:
         self._api_keys = api_keys if api_keys is not None else ApiKeys()
         """Keys a client connecting to the listener must present (``--api-key``); requests
         arriving through a mesh tunnel were checked at their own ingress."""
+        self._cors = CorsPolicy(any_origin=self._api_keys.required)
+        """Which web pages may read the answers (protocol/cors): any when a key guards the API,
+        else local ones only. Applied to the listener's clients; a tunnelled request's
+        response head is left to the ingress it entered."""
         self.substitutions_total = 0
         """Requests for an unknown model answered by another one."""
         self.substitutions: dict[str, int] = {}
@@ -360,15 +377,15 @@ class Ingress:
         logger.info("ingress listening on %s:%d", self._host, self.port)
 
     async def close(self, grace: float = SHUTDOWN_GRACE) -> None:
-        """Stop accepting, then drain: responses being relayed from a local llama-server lose
-        their upstream, so each ends as a dying server's would (an event stream with an error
-        event saying the node shuts down, rather than a cut connection); whatever has not ended
-        within ``grace`` seconds is cancelled."""
+        """Stop accepting, then drain: responses being relayed (from a local llama-server or
+        through a tunnel) lose their upstream, so each ends as a dying server's would (an event
+        stream with an error event saying the node shuts down, rather than a cut connection);
+        whatever has not ended within ``grace`` seconds is cancelled."""
         self._closing = True
         if self._server is not None:
             self._server.close()
-        for upstream in list(self._relaying):
-            upstream.interrupt()
+        for interrupt in list(self._relaying):
+            interrupt.fire()
         tasks = list(self._tasks)
         if tasks and grace > 0:
             await asyncio.wait(tasks, timeout=grace)
@@ -386,8 +403,10 @@ class Ingress:
         if self._closing:
             writer.transport.abort()
             return
+        client = _SocketClient(reader, writer)
+        client.cors = self._cors.header_lines(None, None)  # until the request says more
         try:
-            await self._handle(_SocketClient(reader, writer))
+            await self._handle(client)
         except asyncio.CancelledError:
             # This is the connection task's root. Cancelled by close() (it already cleaned up),
             # it ends quietly: asyncio 3.11's start_server callback would log the cancellation
@@ -421,7 +440,7 @@ class Ingress:
                 logger.exception("ingress connection handler failed")
                 if not client.response_started:
                     with contextlib.suppress(ConnectionError):
-                        await client.write(
+                        await client.send(
                             render_openai_error(
                                 500, "internal proxy error", "server_error", "internal"
                             )
@@ -442,6 +461,15 @@ class Ingress:
         if request is None:
             return
         self.requests_total += 1
+        if isinstance(conn, _SocketClient):
+            origin, host = request.header("Origin"), request.header("Host")
+            conn.cors = self._cors.header_lines(origin, host)
+            if request.method != "OPTIONS" and self._cors.refuses(origin, host):
+                # A page of another site: no CORS header lets it read the answer, and this
+                # keeps its "simple" requests (sent without a preflight) from using the node.
+                with contextlib.suppress(ConnectionError):
+                    await conn.send(_origin_refused(request.path))
+                return
         if isinstance(conn, _SocketClient) and not self._authorized(request):
             with contextlib.suppress(ConnectionError):
                 await conn.send(_unauthorized(request.path))
@@ -523,7 +551,6 @@ class Ingress:
             return render_response(
                 204,
                 [
-                    _CORS_ORIGIN,
                     ("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS"),
                     ("Access-Control-Allow-Headers", allow_headers),
                     ("Access-Control-Max-Age", "86400"),
@@ -532,7 +559,7 @@ class Ingress:
             )
         if request.method == "GET" and request.path in _MODELS_PATHS:
             payload = {"object": "list", "data": self._models_listing()}
-            return _json_response(200, payload, _CORS_ORIGIN)
+            return _json_response(200, payload)
         if request.method == "GET" and request.path == "/health":
             return _json_response(200, {"status": "ok"})
         return None
@@ -588,16 +615,19 @@ class Ingress:
                 upstream, first = attempt
                 fallbacks = [c for c in candidates[index + 1 :] if c.model == target.model]
                 resume = _Resume(request, fallbacks) if request.path == CHAT_PATH else None
+                interrupt = Interrupt(fired=self._closing)
                 if isinstance(upstream, TcpUpstream):
-                    self._relaying.add(upstream)
+                    interrupt.add(upstream.interrupt)
+                self._relaying.add(interrupt)
                 try:
                     if head_sent:
                         await self._relay_body(conn, upstream, first, target.model, request.path)
                     else:
-                        await self._relay(conn, upstream, first, target.model, request.path, resume)
+                        await self._relay(
+                            conn, upstream, first, target.model, request.path, resume, interrupt
+                        )
                 finally:
-                    if isinstance(upstream, TcpUpstream):
-                        self._relaying.discard(upstream)
+                    self._relaying.discard(interrupt)
                     await _close_upstream(upstream)
                 return
             finally:
@@ -744,6 +774,7 @@ class Ingress:
         model: str,
         path: str,
         resume: _Resume | None = None,
+        interrupt: Interrupt | None = None,
     ) -> None:
         cut = first.index(b"\r\n") + 2
         head_end = first.find(b"\r\n\r\n")
@@ -780,28 +811,33 @@ class Ingress:
             elif rewriter is None and isinstance(upstream, TcpUpstream) and stream_client:
                 await upstream.relay_into(stream_client, observe, conn.write)
             elif rewriter is None and client_socket and isinstance(upstream, BlockingSource):
-                await relay_from(upstream, client_socket, observe)
+                await relay_from(upstream, client_socket, observe, interrupt)
             else:
-                while chunk := await upstream.read(READ_SIZE):
-                    if rewriter is not None:
-                        chunk = rewriter.feed(chunk)
-                    elif tracker is not None:
-                        tracker.feed(chunk)
-                        if recorder is not None:
-                            recorder(chunk)
-                    await conn.write(chunk)
+                async with _interruptible(interrupt):
+                    while chunk := await upstream.read(READ_SIZE):
+                        if rewriter is not None:
+                            chunk = rewriter.feed(chunk)
+                        elif tracker is not None:
+                            tracker.feed(chunk)
+                            if recorder is not None:
+                                recorder(chunk)
+                        await conn.write(chunk)
         except ConnectionError:
             logger.debug("client went away during the response")
             return
-        except (OSError, MeshLlmError) as exc:
-            logger.warning("upstream failed mid-response: %s", exc)
+        except (OSError, MeshLlmError) as exc:  # TimeoutError: interrupted (see _interruptible)
+            if self._closing:
+                logger.info("ending a response early: the node shuts down")
+            else:
+                logger.warning("upstream failed mid-response: %s", exc)
         if rewriter is not None:
             broken, at_boundary = not rewriter.done, True  # it only ever sends whole chunks
         else:
             broken = tracker is not None and not tracker.done
             at_boundary = tracker is not None and tracker.at_boundary
         if broken:
-            logger.warning("the llama-server for %s ended its event stream early", model)
+            if not self._closing:
+                logger.warning("the llama-server for %s ended its event stream early", model)
             if at_boundary and self._closing:
                 with contextlib.suppress(ConnectionError):
                     await conn.send(stream_error_tail(path, SHUTDOWN_MESSAGE))
@@ -880,8 +916,29 @@ def _model_not_found(path: str, snapshot: RoutingSnapshot, model: str) -> bytes:
         body = json.dumps(
             {"type": "error", "error": {"type": "not_found_error", "message": message}}
         )
-        return render_response(404, [_JSON, _CORS_ORIGIN], body.encode())
+        return render_response(404, [_JSON], body.encode())
     return render_openai_error(404, message, "invalid_request_error", "model_not_found")
+
+
+ORIGIN_REFUSED_MESSAGE = (
+    "requests from web pages of other sites are refused: without an API key (--api-key) only "
+    "pages served from this machine, or from the address the request was sent to, may use it"
+)
+
+
+def _origin_refused(path: str) -> bytes:
+    """403 in the dialect of the API at ``path``."""
+    if path.startswith("/v1/messages"):
+        body = json.dumps(
+            {
+                "type": "error",
+                "error": {"type": "permission_error", "message": ORIGIN_REFUSED_MESSAGE},
+            }
+        ).encode()
+        return render_response(403, [_JSON], body)
+    return render_openai_error(
+        403, ORIGIN_REFUSED_MESSAGE, "invalid_request_error", "origin_not_allowed"
+    )
 
 
 def _unauthorized(path: str) -> bytes:
@@ -893,7 +950,7 @@ def _unauthorized(path: str) -> bytes:
                 "error": {"type": "authentication_error", "message": UNAUTHORIZED_MESSAGE},
             }
         ).encode()
-        return render_response(401, [_JSON, _CORS_ORIGIN], body)
+        return render_response(401, [_JSON], body)
     return render_openai_error(
         401, UNAUTHORIZED_MESSAGE, "invalid_request_error", "invalid_api_key"
     )
@@ -949,6 +1006,25 @@ class _Resume:
 
     request: Request
     fallbacks: Sequence[Target]
+
+
+@contextlib.asynccontextmanager
+async def _interruptible(interrupt: Interrupt | None) -> AsyncIterator[None]:
+    """Reads in the block end with TimeoutError once ``interrupt`` fires (and not after the
+    block is left)."""
+    async with asyncio.timeout(None) as scope:
+        inside = True
+
+        def stop() -> None:
+            if inside:
+                scope.reschedule(asyncio.get_running_loop().time())
+
+        if interrupt is not None:
+            interrupt.add(stop)
+        try:
+            yield
+        finally:
+            inside = False
 
 
 def _observer(

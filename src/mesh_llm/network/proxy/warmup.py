@@ -39,7 +39,6 @@ EVENT_STREAM_HEAD: Final = (
     b"Cache-Control: no-cache\r\n"
     b"Transfer-Encoding: chunked\r\n"
     b"X-Accel-Buffering: no\r\n"
-    b"Access-Control-Allow-Origin: *\r\n"
 )
 """An event stream's head without its last CRLF (the ingress adds the model header)."""
 

@@ -221,14 +221,48 @@ class BlockingSink(Protocol):
         ...
 
 
+class Interrupt:
+    """Ends one relay early as if its source had failed, leaving the client's connection open
+    (node shutdown: the ingress then ends the response itself). Hooks added after :meth:`fire`
+    run at once. Used on the event loop's thread."""
+
+    __slots__ = ("_fired", "_hooks")
+
+    def __init__(self, fired: bool = False) -> None:
+        self._fired = fired
+        self._hooks: list[Callable[[], object]] = []
+
+    @property
+    def fired(self) -> bool:
+        return self._fired
+
+    def add(self, hook: Callable[[], object]) -> None:
+        if self._fired:
+            hook()
+        else:
+            self._hooks.append(hook)
+
+    def fire(self) -> None:
+        if self._fired:
+            return
+        self._fired = True
+        hooks, self._hooks = self._hooks, []
+        for hook in hooks:
+            hook()
+
+
 async def relay_from(
     source: BlockingSource,
     client: asyncio.WriteTransport,
     observe: Callable[[bytes], None] | None,
+    interrupt: Interrupt | None = None,
 ) -> None:
     """Relay a source read from a relay thread (an HTTP tunnel) into the client's socket; the
     read and the socket write of each chunk happen in the thread, in C where it is built (see
-    :class:`_DrainingWriter` for a client that stops reading)."""
+    :class:`_DrainingWriter` for a client that stops reading).
+
+    Firing ``interrupt`` gives up the wait for the source (TransportError here) without
+    touching the client's socket: what was read has been written whole."""
     down = await take_over_socket(client, socket.SO_SNDTIMEO)
     cancel = threading.Event()
     writer = _DrainingWriter(
@@ -251,6 +285,8 @@ async def relay_from(
         pump = _python_pump(
             functools.partial(source.read_blocking, RELAY_READ, cancel), writer.write, observe
         )
+    if interrupt is not None:
+        interrupt.add(functools.partial(_give_up_source, cancel, native))
     await run_relay(
         pump,
         on_cancel=functools.partial(_cut, cancel, down),
@@ -349,6 +385,12 @@ class _DrainingWriter:
                 pending += more
             else:
                 source_open = False  # the next read of the relay loop sees the end again
+
+
+def _give_up_source(cancel: threading.Event, native: NativeRelay | None) -> None:
+    cancel.set()
+    if native is not None:
+        native.cancel()
 
 
 def _cut(cancel: threading.Event | None, *socks: socket.socket) -> None:

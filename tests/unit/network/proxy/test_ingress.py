@@ -432,10 +432,10 @@ async def test_503_when_every_candidate_fails() -> None:
 @pytest.mark.parametrize("path", ["/v1/models", "/models", "/v1/models?x=1"])
 async def test_models_listing(path: str) -> None:
     async with serving({}) as h:
-        data = await exchange(h.port, f"GET {path} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
-        status, headers, body = parse(data)
+        request = f"GET {path} HTTP/1.1\r\nHost: h\r\nOrigin: http://localhost:3131\r\n\r\n"
+        status, headers, body = parse(await exchange(h.port, request.encode()))
         assert status == 200
-        assert headers["access-control-allow-origin"] == "*"
+        assert headers["access-control-allow-origin"] == "http://localhost:3131"
         assert json.loads(body) == {"object": "list", "data": MODELS}
 
 
@@ -444,7 +444,7 @@ async def test_health_and_cors_preflight() -> None:
         status, _, body = parse(await exchange(h.port, b"GET /health HTTP/1.1\r\n\r\n"))
         assert (status, json.loads(body)) == (200, {"status": "ok"})
         preflight = (
-            b"OPTIONS /v1/chat/completions HTTP/1.1\r\nOrigin: http://x\r\n"
+            b"OPTIONS /v1/chat/completions HTTP/1.1\r\nOrigin: http://127.0.0.1:3131\r\n"
             b"Access-Control-Request-Method: POST\r\n"
             b"Access-Control-Request-Headers: authorization, content-type\r\n\r\n"
         )
@@ -452,7 +452,7 @@ async def test_health_and_cors_preflight() -> None:
         assert status == 204
         assert body == b""
         assert "content-length" not in headers
-        assert headers["access-control-allow-origin"] == "*"
+        assert headers["access-control-allow-origin"] == "http://127.0.0.1:3131"
         assert "POST" in headers["access-control-allow-methods"]
         assert headers["access-control-allow-headers"] == "authorization, content-type"
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
 
 from mesh_llm.errors import TransportError
-from mesh_llm.network.proxy.ingress import Ingress
+from mesh_llm.network.proxy.ingress import SHUTDOWN_MESSAGE, Ingress
 from mesh_llm.network.proxy.routing import RoutingSnapshot, Target
 from mesh_llm.network.proxy.tunnel import TunnelStream
 from mesh_llm.network.proxy.upstream import UpstreamStream
@@ -201,3 +202,33 @@ async def test_a_client_leaving_a_tunnelled_stream_stops_the_generation(
         await wait_for(up.gone.is_set)
         await wait_for(lambda: client.inflight == 0 and host.inflight == 0)
         assert not up.finished.is_set()
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+async def test_closing_the_ingress_ends_a_tunnelled_stream_with_an_error_event(
+    pair: tuple[Transport, Transport], path: str
+) -> None:
+    """Ctrl-c of the node a client streams from, the model being on another node: the relay
+    from the tunnel is given up (thread relay for chat, event-loop relay for the rewritten
+    Messages stream) and the stream ends with the shutdown event, not at the grace deadline."""
+    gate = asyncio.Event()  # the stream never ends by itself
+    async with (
+        running(sse([b"tok"] * 3, gate=gate)) as up,
+        _through_a_tunnel(pair, up) as (client, _, _),
+    ):
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+        writer.write(chat(stream=True).replace(b"/v1/chat/completions", path.encode()))
+        seen = b""
+        async with asyncio.timeout(STEP):
+            while b"\n\n" not in seen.partition(b"\r\n\r\n")[2]:
+                seen += await reader.read(65536)
+        started = time.monotonic()
+        closing = asyncio.ensure_future(client.close())
+        async with asyncio.timeout(STEP):
+            seen += await reader.read()
+            writer.close()
+            await closing
+        assert time.monotonic() - started < 2.0  # drained, not cut at the grace deadline
+        await wait_for(up.gone.is_set)  # the host's generation stopped too
+    assert seen.endswith(b"\r\n0\r\n\r\n"), seen[-300:]
+    assert SHUTDOWN_MESSAGE.encode() in seen.rsplit(b"data: ", 1)[-1]
