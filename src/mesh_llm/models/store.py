@@ -157,7 +157,7 @@ def installed_models() -> list[InstalledModel]:
     Projector files (names containing ``mmproj``), later split parts and incomplete split models are
     left out. There is no minimum size: the default model is 98 MB.
     """
-    seen: set[Path] = set()
+    seen: set[tuple[str, Path]] = set()
     found: list[InstalledModel] = []
     for path in (*_walk_store(models_dir()), *hf_cache_ggufs()):
         if "mmproj" in path.name.lower():
@@ -167,10 +167,13 @@ def installed_models() -> list[InstalledModel]:
             size = _part_sizes(path)
         except OSError:
             continue
-        if size is None or real in seen:
+        name = display_name_for(path)
+        # The same file twice under one name (hub snapshots link one blob) is one model; under
+        # two names (a link named for an alias) it is served under both.
+        if size is None or (name, real) in seen:
             continue
-        seen.add(real)
-        found.append(InstalledModel(name=display_name_for(path), path=path, size=size))
+        seen.add((name, real))
+        found.append(InstalledModel(name=name, path=path, size=size))
     found.sort(key=lambda m: (m.name.lower(), str(m.path)))
     return found
 
