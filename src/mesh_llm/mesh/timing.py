@@ -42,6 +42,10 @@ class Timing:
     """A heartbeat with no outcome after this long counts as failed (connect 10 s + gossip 10 s)."""
     rejoin_interval: float = 60.0
     """Period of re-dialling the ``--join`` bootstrap addresses that are not known."""
+    rejoin_lost_delay: float = 1.0
+    """After losing its last member (a partition, its peers' death), a node with ``--join``
+    addresses re-dials them after this, doubling up to ``rejoin_interval`` while it stays out of
+    any mesh, so a healed partition converges in seconds rather than a minute."""
     demand_ttl: float = 86400.0
     """Demand entries idle longer than this are dropped unless someone still requests the model."""
 
