@@ -437,7 +437,7 @@ class Membership:
                 if self._connected_members():
                     self._rejoin_backoff = None
                 else:
-                    self._rejoin_backoff = min(2 * self._rejoin_backoff, t.rejoin_interval)
+                    self._rejoin_backoff = min(2 * self._rejoin_backoff, t.rejoin_lost_max)
                     self._next_rejoin = now + self._rejoin_backoff
             for addr in self._bootstrap:
                 pid = addr.id_bytes
