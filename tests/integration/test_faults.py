@@ -7,6 +7,8 @@
 
 - The ``--join`` bootstrap is SIGKILLed while B is joining: B says why it is in no mesh (the join
   state and a WARNING), keeps serving its own model and its console answers promptly.
+- A peer is SIGKILLed while its llama-server loads: the other nodes keep answering, drop it within
+  the detection bound, and its model never shows up.
 - The host of a tunnelled stream (client on A, the model only on B) is SIGKILLed mid-stream: the
   stream ends with a clean ``upstream_failed`` error event (no other server to continue on) within
   the detection bound, never a hang or a truncated body.
@@ -21,6 +23,7 @@ import contextlib
 import http.client
 import json
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +31,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.integration.harness import MeshNode, wait_for
+from tests.integration.harness import MeshNode, smollm_path, wait_for
 from tests.integration.load import MODEL, one_stream
 
 pytestmark = pytest.mark.e2e
@@ -211,4 +214,64 @@ def test_kill9_of_the_host_mid_stream_through_a_tunnel(tmp_path: Path) -> None:
         if a is not None:
             a.stop()
         b.stop()
+        _end(orphans)
+
+
+def test_kill9_of_a_peer_while_its_model_loads(tmp_path: Path) -> None:
+    """C joins A and is SIGKILLed while its llama-server is still loading: A and A's client B
+    keep answering (no request fails), C is dropped within the detection bound, and its model
+    never shows up anywhere."""
+    far = tmp_path / "smollm-loading.gguf"
+    far.symlink_to(smollm_path())
+    a = MeshNode("A", tmp_path / "A", ["--model", MODEL, *MESH]).start()
+    nodes, orphans = [a], []
+    try:
+        a.wait_models({MODEL}, timeout=180)
+        token = wait_for(lambda: a.status()["token"], 30, "A's token")
+        b = MeshNode("B", tmp_path / "B", ["--client", "--join", token, *MESH]).start()
+        nodes.append(b)
+        b.wait_models({MODEL}, timeout=60)
+        c = MeshNode("C", tmp_path / "C", ["--gguf", str(far), "--join", token, *MESH]).start()
+        nodes.append(c)
+        outcomes: list[str] = []
+        stop = threading.Event()
+
+        def traffic(node: MeshNode) -> None:
+            while not stop.is_set():
+                outcomes.append(one_stream(node.api_port, 4, STREAM_DEADLINE_S, "Say hi.").kind)
+
+        threads = [threading.Thread(target=traffic, args=(n,), daemon=True) for n in (a, b)]
+        for t in threads:
+            t.start()
+        try:
+            c_id = wait_for(lambda: c.status()["node_id_full"], 60, "C's console")
+
+            def a_peers() -> set[str]:
+                return {p["id"] for p in a.status()["peers"]}
+
+            def loading() -> bool:
+                joined = c_id in a_peers()
+                return joined and any("llama-server" in p.name() for p in c.children())
+
+            wait_for(loading, 120, "C to be in the mesh with its llama-server starting", 0.02)
+            listed = "smollm-loading" in a.model_ids()
+            orphans = _kill9_with_children(c)
+            killed = time.monotonic()
+            assert not listed, "C's model was ready before the kill: not a kill during load"
+            wait_for(lambda: c_id not in a_peers(), 10, "A to drop C", 0.05)
+            dropped = time.monotonic() - killed
+            time.sleep(1.0)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(STREAM_DEADLINE_S + 10)
+        assert dropped <= 5.5, f"A dropped C after {dropped:.1f} s"
+        assert "smollm-loading" not in a.model_ids()
+        assert "smollm-loading" not in b.model_ids()
+        assert outcomes, "no request was sent during the fault"
+        assert set(outcomes) == {"ok"}, f"{outcomes}\n{a.log_tail()}"
+        print(f"A dropped C {dropped:.1f} s after the kill; {len(outcomes)} requests all ok")
+    finally:
+        for node in reversed(nodes):
+            node.stop()
         _end(orphans)
