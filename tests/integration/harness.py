@@ -69,6 +69,8 @@ class MeshNode:
     console_port: int = field(default_factory=free_port)
     env: dict[str, str] = field(default_factory=dict)
     prefix: list[str] = field(default_factory=list)  # e.g. ["ip", "netns", "exec", NS]
+    host: str = "127.0.0.1"
+    """Where the test reaches the API and console (a namespaced node's address: --listen-all)."""
     separate_stderr: bool = False
     """Write stderr to ``stderr_path`` instead of into the log with stdout."""
     proc: subprocess.Popen[bytes] | None = None
@@ -89,11 +91,11 @@ class MeshNode:
 
     @property
     def api(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        return f"http://{self.host}:{self.api_port}"
 
     @property
     def console(self) -> str:
-        return f"http://127.0.0.1:{self.console_port}"
+        return f"http://{self.host}:{self.console_port}"
 
     def start(self) -> MeshNode:
         self.home.mkdir(parents=True, exist_ok=True)

@@ -143,17 +143,20 @@ def test_load_unload_status_and_memory_accounting(solo: MeshNode) -> None:
 
         again = cli(node, "load", "tiny-b")
         assert again.returncode == 1
-        assert "409" in again.stderr and "already loaded" in again.stderr
+        assert "409" in again.stderr
+        assert "already loaded" in again.stderr
 
         status, body = post(f"{node.console}/api/runtime/models", {"model": "tiny-c"})
         assert status == 422, body
-        assert "does not fit" in body["error"] and "0.25 GB" in body["error"]
+        assert "does not fit" in body["error"]
+        assert "0.25 GB" in body["error"]
         assert "tiny-c" not in local(node)
         assert chat(node, SMOL) == SMOL  # still serving what it had
 
         shown = cli(node, "status")
         assert shown.returncode == 0, shown.stderr
-        assert "tiny-b: ready" in shown.stdout and f"{SMOL}: ready" in shown.stdout
+        assert "tiny-b: ready" in shown.stdout
+        assert f"{SMOL}: ready" in shown.stdout
 
         stream = LongStream(node, "tiny-b", tokens=700)
         stream.start()
@@ -163,12 +166,14 @@ def test_load_unload_status_and_memory_accounting(solo: MeshNode) -> None:
         stream.join(120)
         assert unload.returncode == 0, unload.stderr
         assert stream.error is None, stream.error
-        assert stream.finish == "length" and stream.chunks >= 600
+        assert stream.finish == "length"
+        assert stream.chunks >= 600
         assert unloaded_at >= stream.ended_at - 0.5, "the unload did not wait for the stream"
         assert "tiny-b" not in local(node)
 
         gone = cli(node, "unload", "tiny-b")
-        assert gone.returncode == 1 and "404" in gone.stderr
+        assert gone.returncode == 1
+        assert "404" in gone.stderr
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{node.log_tail()}") from None
 
@@ -205,7 +210,7 @@ def test_cold_start_of_a_model_on_disk(solo: MeshNode) -> None:
         assert events[-1] == "data: [DONE]", text
         assert '"error"' not in text, text
         assert any('"content"' in e for e in events), text
-        print(f"cold start (plain): {first:.2f} s to the answer")  # noqa: T201
+        print(f"cold start (plain): {first:.2f} s to the answer")
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{node.log_tail()}") from None
 
@@ -266,8 +271,10 @@ def test_three_nodes_two_models_cold_start_through_a_peer_and_unload_fails_over(
         assert stream.first.wait(60)
         status, body = _delete(f"{a.console}/api/runtime/models/tiny-b")
         stream.join(120)
-        assert status == 200 and body == {"dropped": "tiny-b"}
-        assert stream.error is None and stream.finish == "length", stream.error
+        assert status == 200
+        assert body == {"dropped": "tiny-b"}
+        assert stream.error is None, stream.error
+        assert stream.finish == "length"
         assert "tiny-b" not in local(a)
         for _ in range(3):
             assert chat(a, "tiny-b") == "tiny-b"
@@ -298,14 +305,12 @@ def test_a_standby_node_promotes_to_the_hot_model(tmp_path: Path) -> None:
         for _ in range(10):
             chat(a, SMOL, max_tokens=1)
         crossed = time.monotonic()
-        wait_for(
-            lambda: local(b).get(SMOL, {}).get("status") == "ready", 90, "B to serve SmolLM2"
-        )
+        wait_for(lambda: local(b).get(SMOL, {}).get("status") == "ready", 90, "B to serve SmolLM2")
         promoted = time.monotonic() - crossed
         assert b.status()["node_status"] == "Serving"
         demand = {d["model"]: d for d in b.status()["demand"]}
         assert demand[SMOL]["request_count"] >= 10
-        print(f"promotion: {promoted:.1f} s from the 10th request to B serving")  # noqa: T201
+        print(f"promotion: {promoted:.1f} s from the 10th request to B serving")
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n" + "\n".join(n.log_tail(40) for n in nodes)) from None
     finally:

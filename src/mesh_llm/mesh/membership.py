@@ -133,6 +133,8 @@ class Membership:
         self._next_probe = now + self.timing.probe_interval
         self._next_heartbeat = now + self.timing.heartbeat_interval
         self._next_rejoin = now + self.timing.rejoin_interval
+        self._rejoin_backoff: float | None = None
+        """Set while out of any mesh after losing it: the delay before the next fast re-dial."""
 
     # ------------------------------------------------------------------------------------------
     # Queries
@@ -302,6 +304,7 @@ class Membership:
         del self._links[peer_id]
         if self._bootstrap and self._peers.is_direct(peer_id) and not self._connected_members():
             self._join_failed(peer_id, _LOSS_REASONS[ChangeReason.LOST])
+            self._lost_the_mesh(now)
         if peer_id in self._confirming:
             return self._remove(peer_id, now, ChangeReason.DOWN, mark_dead=True)
         info = self._peers.get(peer_id)
@@ -456,6 +459,12 @@ class Membership:
             actions += self._heartbeat(now)
         if now >= self._next_rejoin:
             self._next_rejoin = now + t.rejoin_interval
+            if self._rejoin_backoff is not None:
+                if self._connected_members():
+                    self._rejoin_backoff = None
+                else:
+                    self._rejoin_backoff = min(2 * self._rejoin_backoff, t.rejoin_lost_max)
+                    self._next_rejoin = now + self._rejoin_backoff
             for addr in self._bootstrap:
                 pid = addr.id_bytes
                 if pid not in self._links and pid not in self._dialing:
@@ -534,6 +543,7 @@ class Membership:
             log.info("joined the mesh through %s", _short(remote_id))
         self._joined_once = True
         self._join_failure = self._join_warned = None
+        self._rejoin_backoff = None
         match self._peers.admit(entry, now):
             case Admission.NEW:
                 log.info("%s joined", _short(remote_id))
@@ -645,7 +655,14 @@ class Membership:
             actions.append(PeersChanged(reason, peer_id))
             if self._bootstrap and info.direct and not self._connected_members():
                 self._join_failed(peer_id, _LOSS_REASONS.get(reason, reason.value))
+                self._lost_the_mesh(now)
         return actions
+
+    def _lost_the_mesh(self, now: float) -> None:
+        """The last connected member is gone: re-dial the bootstrap soon, then back off."""
+        if self._rejoin_backoff is None:
+            self._rejoin_backoff = self.timing.rejoin_lost_delay
+        self._next_rejoin = min(self._next_rejoin, now + self._rejoin_backoff)
 
     def _join_failed(self, peer_id: PeerId, why: str) -> None:
         """Record (and say, at WARNING while not in any mesh) why joining did not work."""
@@ -662,7 +679,7 @@ class Membership:
             return
         log.log(
             level,
-            "not connected to any mesh: could not reach %s%s: %s; retrying every %.0f s",
+            "not connected to any mesh: could not reach %s%s: %s; retrying (at least every %.0f s)",
             _short(peer_id),
             whose,
             why,

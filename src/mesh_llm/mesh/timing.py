@@ -44,6 +44,13 @@ class Timing:
     """Period of re-dialling the ``--join`` bootstrap addresses that are not known."""
     demand_push: float = 2.0
     """After a request is counted, the demand map is gossiped to connected peers within this."""
+    rejoin_lost_delay: float = 1.0
+    """After losing its last member (a partition, its peers' death), a node with ``--join``
+    addresses re-dials them after this, doubling up to ``rejoin_lost_max`` while it stays out of
+    any mesh, so a healed partition converges in seconds rather than a minute."""
+    rejoin_lost_max: float = 15.0
+    """The longest gap between those re-dials (the detection bound's cap): however long the
+    partition lasted, the mesh converges within about this after it heals."""
     demand_ttl: float = 86400.0
     """Demand entries idle longer than this are dropped unless someone still requests the model."""
 

@@ -237,3 +237,41 @@ def test_without_relays_the_token_address_is_all_there_is() -> None:
     assert m.connect_failed(A, T0 + 1, "refused") == []
     later = [a for a in m.tick(T0 + m.timing.rejoin_interval) if isinstance(a, Connect)]
     assert [a.addr for a in later] == [addr(A)]
+
+
+def test_losing_the_mesh_redials_the_bootstrap_fast_then_backs_off() -> None:
+    """A partition: the only member goes silent and is declared dead. The bootstrap is re-dialled
+    after 1 s, then 2, 4, 8, 15, 15 ... s while out of any mesh (the detection bound's cap), and the
+    fast pace ends once the node is back in a mesh."""
+    m = joiner()
+    m.join(addr(A), T0)
+    admit(m, A, T0)
+    now, dials = T0, []
+    while now < T0 + 200:
+        now = max(now + 0.001, m.next_deadline())
+        for action in m.tick(now):
+            if isinstance(action, Connect):
+                assert action.reason is ConnectReason.REJOIN
+                dials.append(round(now - T0, 1))
+                m.connect_failed(A, now, "no answer")
+    assert not m.is_admitted(A)  # silent: declared dead after 3 s
+    dead_at = 3.0
+    gaps = [round(b - a, 1) for a, b in zip([dead_at, *dials], dials, strict=False)]
+    assert gaps[:4] == [1.0, 2.0, 4.0, 8.0]
+    assert set(gaps[4:]) == {15.0}
+    # Healed: the next dial connects; back in the mesh, re-dials go back to every 60 s.
+    admit(m, A, now)
+    assert state(m).state is JoinState.JOINED
+    assert not [a for a in m.tick(now + 59) if isinstance(a, Connect)]
+    # Lost again later: the fast pace starts over at 1 s, not where it stopped.
+    m.connection_lost(A, now + 60)
+    m.connect_failed(A, now + 60, "refused")  # the immediate reconnect fails
+    assert [a for a in m.tick(now + 61) if isinstance(a, Connect)]
+
+
+def test_a_node_that_never_joined_keeps_the_60s_pace() -> None:
+    m = joiner()
+    m.join(addr(A), T0)
+    m.connect_failed(A, T0 + 1, "refused")
+    assert not [a for a in m.tick(T0 + 30) if isinstance(a, Connect)]
+    assert [a for a in m.tick(T0 + 60) if isinstance(a, Connect)]

@@ -95,6 +95,10 @@ MAX_ACTIVE_REQUESTS = 128
 once (rather than queueing at llama-server until the first-byte timeout)."""
 RETRY_AFTER_S = 2
 """Seconds a client told 503 (overloaded or no backend answered) is asked to wait."""
+MIN_BODY_RATE = 1024
+"""Bytes per second a request body must average after the header timeout's grace: a client
+dribbling a byte at a time (each within the idle bound) gets 408 instead of holding the
+connection for as many idle bounds as the body has bytes."""
 
 _JSON = ("Content-Type", "application/json")
 _MODELS_PATHS = frozenset({"/v1/models", "/models"})
@@ -509,9 +513,15 @@ class Ingress:
                 while parser.state is ReaderState.HEAD:
                     if not await self._read_into(conn, parser):
                         return None
+            loop = asyncio.get_running_loop()
+            body_start, body_bytes = loop.time(), parser.bytes_received
             while parser.state is ReaderState.BODY:
-                # An idle bound per read: large bodies may take longer than the header timeout.
-                async with asyncio.timeout(self._header_timeout):
+                # An idle bound per read (large bodies may take longer than the header timeout),
+                # and a minimum average rate (a byte per idle bound is not progress).
+                received = parser.bytes_received - body_bytes
+                allowed = body_start + self._header_timeout + received / MIN_BODY_RATE
+                deadline = min(loop.time() + self._header_timeout, allowed)
+                async with asyncio.timeout_at(deadline):
                     if not await self._read_into(conn, parser):
                         return None
         except TimeoutError:
@@ -603,12 +613,14 @@ class Ingress:
         if unknown is not None and candidates and answering is not None:
             self._substituted(unknown, answering)
         forward = serialize_forward(request)
+        timeouts: list[str] = []
         for index, target in enumerate(candidates):
             key = target.key
             self.target_inflight[key] = self.target_inflight.get(key, 0) + 1
             try:
+                last = index == len(candidates) - 1
                 attempt = await self._attempt(
-                    target, forward, may_retry=index < len(candidates) - 1
+                    target, forward, may_retry=not last, timeouts=timeouts
                 )
                 if attempt is None:
                     continue
@@ -636,7 +648,8 @@ class Ingress:
                     self.target_inflight[key] = left
                 else:
                     self.target_inflight.pop(key, None)
-        message = no_target_error(snapshot, model or answering)
+        # Say what happened: a target that timed out is not "no inference server".
+        message = "; ".join(timeouts) or no_target_error(snapshot, model or answering)
         if head_sent:
             with contextlib.suppress(ConnectionError):
                 await conn.write(stream_error_tail(request.path, message))
@@ -744,13 +757,16 @@ class Ingress:
             )
 
     async def _attempt(
-        self, target: Target, forward: bytes, *, may_retry: bool
+        self, target: Target, forward: bytes, *, may_retry: bool, timeouts: list[str]
     ) -> tuple[UpstreamStream, bytes] | None:
         """Send the request to ``target`` and read the response's first bytes; None if the
-        target failed (or overflowed its context while another candidate remains)."""
+        target failed (or overflowed its context while another candidate remains). A target
+        that did not answer within the first-byte timeout is described in ``timeouts``."""
         upstream: UpstreamStream | None = None
+        limit = self._first_byte_timeout
+        bound = asyncio.timeout(limit)
         try:
-            async with asyncio.timeout(self._first_byte_timeout):
+            async with bound:
                 upstream = await self._connect(target)
                 await upstream.write(forward)
                 return upstream, await _read_decision(upstream, check_overflow=may_retry)
@@ -758,6 +774,8 @@ class Ingress:
             logger.info("context overflow on %s, trying the next candidate", target.key)
         except (OSError, MeshLlmError) as exc:  # TimeoutError is an OSError
             logger.warning("target %s failed before responding: %r", target.key, exc)
+            if bound.expired():
+                timeouts.append(f"timed out waiting for {_describe(target)} after {limit:g} s")
             if self._on_target_failed is not None:
                 self._on_target_failed(target)
         except BaseException:
@@ -876,7 +894,7 @@ class Ingress:
             return "its token budget was spent"
         forward = serialize_forward(resume.request, continued)
         for target in resume.fallbacks:
-            attempt = await self._attempt(target, forward, may_retry=False)
+            attempt = await self._attempt(target, forward, may_retry=False, timeouts=[])
             if attempt is None:
                 continue
             upstream, first = attempt
@@ -908,6 +926,13 @@ class Ingress:
             finally:
                 await _close_upstream(upstream)
         return "no other server of the model answered"
+
+
+def _describe(target: Target) -> str:
+    """A target as a 503 message names it."""
+    if target.local_port is not None:
+        return f"this node's llama-server for '{target.model}' (port {target.local_port})"
+    return f"node {target.key.partition(':')[2][:10]} for '{target.model}'"
 
 
 def _model_not_found(path: str, snapshot: RoutingSnapshot, model: str) -> bytes:

@@ -747,3 +747,50 @@ async def test_a_complete_stream_gets_nothing_appended() -> None:
         data = await exchange(h.port, chat(stream=True))
         assert data.endswith(_sse_chunk(b"[DONE]") + b"0\r\n\r\n")
         assert b"error" not in data
+
+
+async def test_first_byte_timeout_503_says_what_happened() -> None:
+    async with (
+        running(hang()) as slow,
+        serving({"m": [to("m", slow)]}, first_byte_timeout=0.3) as h,
+    ):
+        message = assert_openai_error(
+            await exchange(h.port, chat()), 503, "server_error", "no_backend"
+        )
+        assert message == (
+            f"timed out waiting for this node's llama-server for 'm' (port {slow.port}) after 0.3 s"
+        )
+
+
+async def test_a_body_dribbled_byte_by_byte_gets_408_and_is_let_go() -> None:
+    """Each byte arrives well within the idle bound, but the body comes in far below the
+    minimum rate: 408 within about the header timeout, the connection closed."""
+    async with serving({}, header_timeout=0.5) as h:
+        reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
+        try:
+            writer.write(
+                b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
+            )
+            start = asyncio.get_running_loop().time()
+
+            async def dribble() -> None:
+                with contextlib.suppress(OSError):
+                    for _ in range(1000):
+                        writer.write(b"x")
+                        await writer.drain()
+                        await asyncio.sleep(0.1)
+
+            feeder = asyncio.create_task(dribble())
+            try:
+                async with asyncio.timeout(DEADLINE):
+                    data = await reader.read()
+            finally:
+                feeder.cancel()
+            took = asyncio.get_running_loop().time() - start
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        assert_openai_error(data, 408, "invalid_request_error", "request_timeout")
+        assert took < 2.0
+        await wait_for(lambda: h.ingress.inflight == 0)  # the connection is let go
