@@ -10,9 +10,12 @@ side; the first part carries the metadata, and sizes and identities cover every 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import os
 import re
 import struct
+import threading
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,13 +209,43 @@ def _quantization(reader: Any, file_type: int | None) -> str | None:
     return str(counts.most_common(1)[0][0].name)
 
 
+_INFO_CACHE: dict[tuple[Path, tuple[tuple[int, int], ...]], GgufInfo] = {}
+_INFO_CACHE_MAX = 256
+_info_lock = threading.Lock()
+
+
 def read_gguf_info(path: str | Path) -> GgufInfo:
     """Read the header of the GGUF at ``path`` (the first part of a split model, or any part).
 
     ``file_size`` sums every split part. Raises :class:`InvalidGgufError` for anything unreadable.
+    Results are remembered per file (path, sizes and modification times): reading a header with
+    the ``gguf`` package takes seconds for a large vocabulary, and a cold start reads it again.
     """
     path = Path(path)
     parts = split_parts(path)
+    try:
+        key = (parts[0].resolve(), tuple((st.st_size, st.st_mtime_ns) for st in map(_stat, parts)))
+    except OSError:
+        key = None
+    if key is not None:
+        with _info_lock:
+            cached = _INFO_CACHE.get(key)
+        if cached is not None:
+            return cached if cached.path == parts[0] else dataclasses.replace(cached, path=parts[0])
+    info = _read_gguf_info(parts)
+    if key is not None:
+        with _info_lock:
+            if len(_INFO_CACHE) >= _INFO_CACHE_MAX:
+                _INFO_CACHE.clear()
+            _INFO_CACHE[key] = info
+    return info
+
+
+def _stat(path: Path) -> os.stat_result:
+    return path.stat()
+
+
+def _read_gguf_info(parts: list[Path]) -> GgufInfo:
     first = parts[0]
     reader = _open_reader(first)
     try:

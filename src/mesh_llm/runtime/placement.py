@@ -25,7 +25,8 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from mesh_llm.errors import LoadRefusedError, MeshLlmError
+from mesh_llm.errors import LoadRefusedError, MeshLlmError, ModelError
+from mesh_llm.inference import FIT_FACTOR
 from mesh_llm.inference.assignment import (
     AssignmentKind,
     ColdStart,
@@ -36,7 +37,13 @@ from mesh_llm.inference.assignment import (
     choose_cold_start,
     pick_model_assignment,
 )
-from mesh_llm.models import catalog_entries, find_catalog_entry, installed_models
+from mesh_llm.models import (
+    InstalledModel,
+    catalog_entries,
+    find_catalog_entry,
+    installed_models,
+    read_gguf_info,
+)
 from mesh_llm.network import UpstreamStream, Warmup
 from mesh_llm.protocol import NodeRole, PeerId, parse_response_head
 
@@ -72,7 +79,7 @@ class Placement:
         if self._node.config.client:
             return
         try:
-            found = await asyncio.to_thread(installed_models)
+            found = await asyncio.to_thread(_list_and_read, self._node.capacity)
         except OSError as exc:
             log.warning("cannot list the models on disk: %s", exc)
             return
@@ -279,6 +286,17 @@ class Placement:
         if status in (200, 201, 202, 409):
             return Warmup(model, where)
         return f"{where} cannot load {model}: {payload.get('error', status)}"
+
+
+def _list_and_read(capacity: int) -> list[InstalledModel]:
+    """The models on disk; the headers of those that could load here are read now (and cached),
+    so that a cold start does not spend seconds on them."""
+    found = installed_models()
+    for model in found:
+        if model.size * FIT_FACTOR <= capacity:
+            with contextlib.suppress(ModelError, OSError):
+                read_gguf_info(model.path)
+    return found
 
 
 async def _read_json_response(stream: UpstreamStream) -> tuple[int, dict[str, object]]:

@@ -223,3 +223,15 @@ def test_identity_hash_rejects_non_gguf(tmp_path: Path) -> None:
     path.write_bytes(b"garbage!" * 10)
     with pytest.raises(InvalidGgufError):
         identity_hash(path)
+
+
+def test_a_header_read_again_is_remembered_until_the_file_changes(tmp_path: Path) -> None:
+    path = write_gguf(tmp_path / "tiny.gguf", block_count=3)
+    alias = tmp_path / "alias.gguf"
+    alias.symlink_to(path)
+    first = read_gguf_info(path)
+    assert read_gguf_info(path) is first  # remembered
+    assert read_gguf_info(alias).path == alias  # the same file under another name keeps its name
+    assert read_gguf_info(alias).block_count == 3
+    write_gguf(path, block_count=5, tokens=20)  # rewritten: other size and time
+    assert read_gguf_info(path).block_count == 5

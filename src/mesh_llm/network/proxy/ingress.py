@@ -723,13 +723,17 @@ class Ingress:
         tracker = ChunkedTracker()
         data = first[body_at:]
         try:
-            while data:
-                if rewriter is not None:
+            while True:
+                if data and rewriter is not None:
                     await conn.write(rewriter.feed(data))
-                else:
+                elif data:
                     tracker.feed(data)
                     await conn.write(data)
+                if rewriter.done if rewriter is not None else tracker.done:
+                    break
                 data = await upstream.read(READ_SIZE)
+                if not data:
+                    break
         except ConnectionError:
             return
         except (OSError, MeshLlmError) as exc:
