@@ -180,39 +180,56 @@ def test_load_unload_status_and_memory_accounting(solo: MeshNode) -> None:
 
 def test_cold_start_of_a_model_on_disk(solo: MeshNode) -> None:
     """A request for a model nobody serves but this node has on disk waits for it to load and
-    is answered (plain and streamed); the model then stays loaded."""
+    is answered (streamed: comments while loading, then the answer in the same stream); one that
+    does not fit, or was unloaded by hand, gets a 503 that says why."""
     node = solo
     try:
-        started = time.monotonic()
-        assert chat(node, "tiny-c") == "tiny-c"
-        first = time.monotonic() - started
+        events = stream_events(node, "tiny-c")
+        assert events[-1] == "data: [DONE]", events
+        assert not any('"error"' in e for e in events), events
+        assert any('"content"' in e for e in events), events
         assert local(node)["tiny-c"]["status"] == "ready"
-        assert cli(node, "unload", "tiny-c").returncode == 0
 
-        req = urllib.request.Request(
-            f"{node.api}/v1/chat/completions",
-            data=json.dumps(
-                {
-                    "model": "tiny-c",
-                    "messages": [{"role": "user", "content": "Say hi."}],
-                    "max_tokens": 8,
-                    "stream": True,
-                }
-            ).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=180) as resp:
-            assert resp.status == 200
-            assert resp.headers["Content-Type"].startswith("text/event-stream")
-            assert resp.headers["x-mesh-llm-model"] == "tiny-c"
-            text = resp.read().decode()
-        events = [line for line in text.splitlines() if line.startswith("data: ")]
-        assert events[-1] == "data: [DONE]", text
-        assert '"error"' not in text, text
-        assert any('"content"' in e for e in events), text
-        print(f"cold start (plain): {first:.2f} s to the answer")
+        # SmolLM2 and tiny-c take 0.2 of the 0.25 GB: tiny-b does not fit anywhere.
+        with pytest.raises(openai.APIStatusError) as refused:
+            chat(node, "tiny-b")
+        assert refused.value.status_code == 503
+        assert "no node has room for tiny-b" in str(refused.value)
+
+        assert cli(node, "unload", "tiny-c").returncode == 0
+        with pytest.raises(openai.APIStatusError) as unloaded:
+            chat(node, "tiny-c")
+        assert unloaded.value.status_code == 503
+        assert "unloaded on this node by hand" in str(unloaded.value)
+
+        started = time.monotonic()  # now tiny-b fits: a plain request cold-starts it
+        assert chat(node, "tiny-b") == "tiny-b"
+        print(f"cold start (plain): {time.monotonic() - started:.2f} s to the answer")
+        assert local(node)["tiny-b"]["status"] == "ready"
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{node.log_tail()}") from None
+
+
+def stream_events(node: MeshNode, model: str) -> list[str]:
+    """A streamed chat completion read raw: its ``data:`` lines (after checking the head)."""
+    req = urllib.request.Request(
+        f"{node.api}/v1/chat/completions",
+        data=json.dumps(
+            {
+                "model": model,
+                "messages": [{"role": "user", "content": "Say hi."}],
+                "max_tokens": 8,
+                "stream": True,
+            }
+        ).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=180) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        assert resp.headers["x-mesh-llm-model"] == model
+        text = resp.read().decode()
+    return [line for line in text.splitlines() if line.startswith("data: ")]
 
 
 def test_an_unknown_model_is_not_cold_started(solo: MeshNode) -> None:

@@ -203,6 +203,9 @@ class Node:
         self._downloads: dict[str, asyncio.Task[None]] = {}
         """Catalog models being downloaded to be loaded (assignment, cold start)."""
         self._load_errors: dict[str, str] = {}
+        self.operator_unloaded: set[str] = set()
+        """Models unloaded by hand (``unload``): never loaded here again on their own (cold
+        start, promotion) until someone loads them explicitly."""
         self.placement = Placement(self)
         self._api_port = config.port
         self.started_at = time.time()
@@ -379,7 +382,9 @@ class Node:
     def runner_named(self, name: str) -> ModelRunner | None:
         return next((m for m in self.models if m.name == name), None)
 
-    async def load_model(self, ref: str, *, wait: bool = True, download: bool = True) -> str:
+    async def load_model(
+        self, ref: str, *, wait: bool = True, download: bool = True, automatic: bool = False
+    ) -> str:
         """Load a model (a name, path or reference) as a solo llama-server beside the others;
         the model's name. Raises :class:`LoadRefusedError` with the API's status: 400 (not a
         model, or a client), 409 (already loaded), 422 (does not fit, with the figures),
@@ -393,6 +398,12 @@ class Node:
             raise LoadRefusedError(503, "llama.cpp is not ready on this node yet; retry shortly")
         if (existing := self.runner_named(ref)) is not None:
             raise LoadRefusedError(409, f"{ref} is already loaded ({existing.state.value})")
+        if automatic and ref in self.operator_unloaded:
+            raise LoadRefusedError(
+                409, f"{ref} was unloaded on this node by hand; load it again with mesh-llm load"
+            )
+        if not automatic:
+            self.operator_unloaded.discard(ref)
         try:
             model = await asyncio.to_thread(resolve_model, ref, download=False, progress=False)
         except ModelError as exc:
@@ -458,7 +469,7 @@ class Node:
         async def fetch_and_load() -> None:
             try:
                 await self._download(name)
-                await self.load_model(name, wait=False, download=False)
+                await self.load_model(name, wait=False, download=False, automatic=True)
             except LoadRefusedError as exc:
                 self._load_errors[name] = str(exc)
                 log.warning("loading %s failed: %s", name, exc)
@@ -506,6 +517,7 @@ class Node:
         runner = self.runner_named(name)
         if runner is None:
             raise LoadRefusedError(404, f"{name} is not loaded on this node")
+        self.operator_unloaded.add(name)
         if runner.draining_since is None:
             runner.draining_since = time.monotonic()
             log.info("unloading %s: draining in-flight requests", name)
@@ -562,7 +574,7 @@ class Node:
             if request.path == "/mesh/drop":
                 return _json_reply(200, {"dropped": await self.unload_model(name)})
             wait = body.get("wait", True) is not False
-            loaded = await self.load_model(name, wait=wait)
+            loaded = await self.load_model(name, wait=wait, automatic=not wait)
             return _json_reply(200 if wait else 202, {"loaded" if wait else "loading": loaded})
         except LoadRefusedError as exc:
             return _json_reply(exc.status, {"error": str(exc)})

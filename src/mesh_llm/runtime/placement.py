@@ -109,7 +109,9 @@ class Placement:
         return {m: len(t) for m, t in self._node.routing_snapshot().targets.items() if t}
 
     def _on_disk(self) -> list[LocalModel]:
-        return [LocalModel(name, size) for name, size in self._inventory]
+        """What this node may load on its own: on disk, and not unloaded here by hand."""
+        unloaded = self._node.operator_unloaded
+        return [LocalModel(name, size) for name, size in self._inventory if name not in unloaded]
 
     def _free(self) -> int:
         return self._node.capacity - self._node.used_bytes()
@@ -179,7 +181,10 @@ class Placement:
         self.standby_reason = None
         try:
             await node.load_model(
-                choice.model, wait=False, download=choice.kind is AssignmentKind.DOWNLOAD
+                choice.model,
+                wait=False,
+                download=choice.kind is AssignmentKind.DOWNLOAD,
+                automatic=True,
             )
         except LoadRefusedError as exc:
             log.warning("cannot serve %s: %s", choice.model, exc)
@@ -190,7 +195,7 @@ class Placement:
     def _candidates(self, model: str) -> list[LoaderCandidate]:
         node = self._node
         out: list[LoaderCandidate] = []
-        if self._can_load():
+        if self._can_load() and model not in node.operator_unloaded:
             size = dict(self._inventory).get(model)
             out.append(LoaderCandidate(None, self._free(), size))
         mesh = node.mesh
@@ -224,6 +229,11 @@ class Placement:
         entry = find_catalog_entry(model)
         catalog_bytes = entry.size_bytes if entry is not None and entry.name == model else None
         choice = choose_cold_start(model, self._candidates(model), catalog_bytes=catalog_bytes)
+        if choice is None and model in self._node.operator_unloaded:
+            return (
+                f"{model} was unloaded on this node by hand and no other node can load it; "
+                f"load it again with: mesh-llm load {model}"
+            )
         if choice is None or isinstance(choice, str):
             return choice
         warmup = (
@@ -239,7 +249,7 @@ class Placement:
         node = self._node
         log.warning("cold start: loading %s here (%s)", model, choice.reason)
         task = asyncio.get_running_loop().create_task(
-            node.load_model(model, wait=False, download=choice.download)
+            node.load_model(model, wait=False, download=choice.download, automatic=True)
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
