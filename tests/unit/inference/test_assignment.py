@@ -10,9 +10,12 @@ from hypothesis import strategies as st
 from mesh_llm.inference.assignment import (
     Assignment,
     AssignmentKind,
+    ColdStart,
     DemandView,
+    LoaderCandidate,
     LocalModel,
     check_unserved_model,
+    choose_cold_start,
     node_hash,
     pick_model_assignment,
 )
@@ -148,3 +151,70 @@ def test_promotion_only_ever_picks_a_model_on_disk(
     got = promote(demand={m: recent(c) for m, c in counts.items()}, servers=served)
     assert got.model in (None, "big", "qwen")
     assert (got.model is None) == (got.kind is AssignmentKind.STANDBY)
+
+
+# --- cold start: who loads a model for a waiting request -------------------------------------
+
+PEER_A = b"a" * 32
+PEER_B = b"b" * 32
+
+
+def test_cold_start_on_disk_beats_download() -> None:
+    cands = [
+        LoaderCandidate(None, 40 * GB, None),
+        LoaderCandidate(PEER_A, 5 * GB, 2 * GB),
+    ]
+    pick = choose_cold_start("m", cands, catalog_bytes=2 * GB)
+    assert pick == ColdStart(PEER_A, False, 2 * GB, "on the disk of a peer")
+
+
+def test_cold_start_this_node_beats_a_peer() -> None:
+    cands = [
+        LoaderCandidate(PEER_A, 80 * GB, 2 * GB),
+        LoaderCandidate(None, 3 * GB, 2 * GB),
+    ]
+    pick = choose_cold_start("m", cands, catalog_bytes=None)
+    assert pick == ColdStart(None, False, 2 * GB, "on the disk of this node")
+
+
+def test_cold_start_most_free_room_among_peers() -> None:
+    cands = [
+        LoaderCandidate(PEER_A, 5 * GB, 2 * GB),
+        LoaderCandidate(PEER_B, 9 * GB, 2 * GB),
+        LoaderCandidate(None, 1 * GB, None),
+    ]
+    pick = choose_cold_start("m", cands, catalog_bytes=None)
+    assert isinstance(pick, ColdStart)
+    assert pick.node == PEER_B
+    assert not pick.download
+
+
+def test_cold_start_nothing_fits_gives_the_figures() -> None:
+    cands = [
+        LoaderCandidate(None, 1 * GB, 10 * GB),
+        LoaderCandidate(PEER_A, 4 * GB, None),
+    ]
+    pick = choose_cold_start("m", cands, catalog_bytes=None)
+    assert pick == (
+        "no node has room for m: it needs 11.00 GB and the most any node has free is 4.00 GB"
+    )
+
+
+def test_cold_start_unknown_model_is_none() -> None:
+    cands = [LoaderCandidate(None, 40 * GB, None), LoaderCandidate(PEER_A, 40 * GB, None)]
+    assert choose_cold_start("m", cands, catalog_bytes=None) is None
+    assert choose_cold_start("m", [], catalog_bytes=None) is None
+
+
+def test_cold_start_catalog_download_when_nobody_has_it() -> None:
+    cands = [
+        LoaderCandidate(PEER_A, 6 * GB, None),
+        LoaderCandidate(None, 3 * GB, None),
+    ]
+    pick = choose_cold_start("m", cands, catalog_bytes=2 * GB)
+    assert pick == ColdStart(None, True, 2 * GB, "downloaded from the catalog")
+    # Too big for everyone: the message, not a download.
+    msg = choose_cold_start("m", cands, catalog_bytes=10 * GB)
+    assert msg == (
+        "no node has room for m: it needs 11.00 GB and the most any node has free is 6.00 GB"
+    )

@@ -520,3 +520,39 @@ def test_decoders_fuzz_mutated_valid_frames(peer: PeerAnnouncement, data: st.Dat
     for decode in _all_decoders():
         with contextlib.suppress(FrameError):
             decode(bytes(body[:cut]))
+
+
+# ---------------------------------------------------------------------------------------------
+# available_models (fields 9 and 21): models on a node's disk with their sizes
+
+
+def test_available_models_round_trip() -> None:
+    from mesh_llm.protocol.frames import MAX_AVAILABLE_MODELS
+
+    models = (("llama", 4_000_000_000), ("qwen", 1_234_567_890_123))
+    frame = GossipFrame(
+        sender_id=KEY_A,
+        peers=(PeerAnnouncement(endpoint_id=KEY_A, role=NodeRole.WORKER, available_models=models),),
+    )
+    decoded = decode_gossip_frame(encode_gossip_frame(frame), remote_id=KEY_A)
+    assert decoded.peers[0].available_models == models
+    assert MAX_AVAILABLE_MODELS == 256
+
+
+def test_available_models_names_without_sizes_and_sizes_without_names() -> None:
+    msg = _announcement()
+    msg.available_models.extend(["b", "a", "", "b"])
+    msg.available_model_sizes["c"] = 7
+    msg.available_model_sizes["a"] = 5
+    peers = decode_gossip_frame(_gossip(msg), remote_id=KEY_A).peers
+    assert peers[0].available_models == (("a", 5), ("b", 0), ("c", 7))
+
+
+def test_available_models_capped() -> None:
+    from mesh_llm.protocol.frames import MAX_AVAILABLE_MODELS
+
+    msg = _announcement()
+    msg.available_models.extend(f"m{i:04d}" for i in range(MAX_AVAILABLE_MODELS + 50))
+    peers = decode_gossip_frame(_gossip(msg), remote_id=KEY_A).peers
+    assert len(peers[0].available_models) == MAX_AVAILABLE_MODELS
+    assert peers[0].available_models[-1] == (f"m{MAX_AVAILABLE_MODELS - 1:04d}", 0)
