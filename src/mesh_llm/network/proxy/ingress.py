@@ -671,10 +671,11 @@ class Ingress:
         if warmup is None:
             return None
         if isinstance(warmup, str):
-            error = render_api_error(request.path, 503, warmup, "server_error", "no_backend")
+            message = no_target_error(self._snapshot(), model, warmup)
+            error = render_api_error(request.path, 503, message, "server_error", "no_backend")
             with contextlib.suppress(ConnectionError):
                 await conn.send(_with_retry_after(error))
-            return WarmupOutcome(False, False, warmup)
+            return WarmupOutcome(False, False, message)
         label = model.replace("\r", "").replace("\n", "")
         logger.info("waiting for %s to load on %s", label, warmup.where)
 

@@ -229,15 +229,20 @@ def model_not_found_error(snapshot: RoutingSnapshot, model: str) -> str:
     )
 
 
-def no_target_error(snapshot: RoutingSnapshot, model: str | None) -> str:
-    """The message of the 503 for a request for ``model`` that no target could answer."""
+def no_target_error(snapshot: RoutingSnapshot, model: str | None, why: str | None = None) -> str:
+    """The message of the 503 for a request for ``model`` that no target could answer; ``why``
+    adds what else was tried (a cold start that no node has room for). Being in no mesh comes
+    first: it is the cause the user can act on."""
     if snapshot.no_mesh_reason is not None:
         return f"not connected to any mesh: {snapshot.no_mesh_reason}"
     if model and model in snapshot.down:
         return f"Model '{model}' is not available on this node: {snapshot.down[model]}"
-    if model:
-        return f"No inference server available for model '{model}'"
-    return "No inference server available"
+    base = (
+        f"No inference server available for model '{model}'"
+        if model
+        else ("No inference server available")
+    )
+    return f"{base}: {why}" if why else base
 
 
 def is_context_overflow_400(status: int, body_prefix: bytes) -> bool:
