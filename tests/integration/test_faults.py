@@ -12,9 +12,12 @@
 - The host of a tunnelled stream (client on A, the model only on B) is SIGKILLed mid-stream: the
   stream ends with a clean ``upstream_failed`` error event (no other server to continue on) within
   the detection bound, never a hang or a truncated body.
+- A runtime load's llama-server is SIGKILLed while it loads: the load still answers 201 (the
+  supervisor restarts it) and the node's other model never misses a request.
 
-Mesh-level kill -9 (peer detection and rejoin) is in ``test_mesh.py``; a stream surviving its
-host's death in ``test_stream_resume.py``; partition and heal in ``test_fault_harness.py``.
+Mesh-level kill -9 (peer detection and rejoin) is in ``test_mesh.py``; split workers killed
+mid-stream and during the split's load in ``test_split.py``; a stream surviving its host's death
+in ``test_stream_resume.py``; partition and heal in ``test_fault_harness.py``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import json
 import signal
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -275,3 +280,89 @@ def test_kill9_of_a_peer_while_its_model_loads(tmp_path: Path) -> None:
         for node in reversed(nodes):
             node.stop()
         _end(orphans)
+
+
+def _post_json(url: str, payload: object, timeout: float) -> tuple[int, dict[str, object]]:
+    req = urllib.request.Request(url, json.dumps(payload).encode(), method="POST")
+    req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+
+def test_kill9_of_a_runtime_load(tmp_path: Path) -> None:
+    """``POST /api/runtime/models`` on A starts a second llama-server, which is SIGKILLed while it
+    loads: the supervisor restarts it and the load call answers 201 once it serves (never a hang),
+    while A keeps serving the model it had, to itself and to its client B, without a failed
+    request."""
+    store = tmp_path / "models"
+    store.mkdir()
+    (store / "extra.gguf").symlink_to(smollm_path())
+    env = {"MESH_LLM_MODELS_DIR": str(store)}
+    a = MeshNode("A", tmp_path / "A", ["--model", MODEL, *MESH], env=env).start()
+    nodes = [a]
+    try:
+        a.wait_models({MODEL}, timeout=180)
+        token = wait_for(lambda: a.status()["token"], 30, "A's token")
+        b = MeshNode("B", tmp_path / "B", ["--client", "--join", token, *MESH]).start()
+        nodes.append(b)
+        b.wait_models({MODEL}, timeout=60)
+        first = _llama_server(a).pid
+        outcomes: list[str] = []
+        answer: list[tuple[int, dict[str, object]]] = []
+        stop = threading.Event()
+
+        def traffic(node: MeshNode) -> None:
+            while not stop.is_set():
+                outcomes.append(one_stream(node.api_port, 4, STREAM_DEADLINE_S, "Say hi.").kind)
+
+        def load() -> None:
+            url = f"http://127.0.0.1:{a.console_port}/api/runtime/models"
+            answer.append(_post_json(url, {"model": "extra"}, RECOVERY_BOUND_S))
+
+        threads = [threading.Thread(target=traffic, args=(n,), daemon=True) for n in (a, b)]
+        loader = threading.Thread(target=load, daemon=True)
+        for t in threads:
+            t.start()
+        try:
+            loader.start()
+
+            def second() -> psutil.Process | None:
+                return next(
+                    (p for p in a.children() if "llama-server" in p.name() and p.pid != first),
+                    None,
+                )
+
+            victim = wait_for(second, 60, "the runtime load's llama-server", 0.02)
+            listed = "extra" in a.model_ids()
+            victim.kill()
+            killed = time.monotonic()
+            loader.join(RECOVERY_BOUND_S + 10)
+            answered = time.monotonic() - killed
+            time.sleep(1.0)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(STREAM_DEADLINE_S + 10)
+        assert not listed, "extra was ready before the kill: not a kill during load"
+        assert answer, f"the load call never answered\n{a.log_tail()}"
+        status, body = answer[0]
+        print(f"load answered {status} {body} {answered:.1f} s after the kill")
+        assert (status, body) == (201, {"loaded": "extra"}), a.log_tail()
+        assert "extra" in a.model_ids()
+        wait_for(lambda: "extra" in b.model_ids(), 10, "B to see extra")
+        chat = {"model": "extra", "messages": [{"role": "user", "content": "Hi."}], "max_tokens": 4}
+        url = f"http://127.0.0.1:{b.api_port}/v1/chat/completions"
+        status, reply = _post_json(url, chat, STREAM_DEADLINE_S)
+        assert (status, reply.get("model")) == (200, "extra"), reply
+        assert outcomes, "no request was sent during the fault"
+        assert set(outcomes) == {"ok"}, f"{outcomes}\n{a.log_tail()}"
+        assert MODEL in a.model_ids()
+        assert MODEL in b.model_ids()
+        assert first in {p.pid for p in a.children()}, "the model A had was not touched"
+    finally:
+        for node in reversed(nodes):
+            node.stop()

@@ -6,11 +6,13 @@ two. Real mesh-llm processes, real iroh, real llama-server and rpc-server.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -160,13 +162,72 @@ def test_client_routes_only_to_the_host(pair: Pair) -> None:
         client.stop()
 
 
-def test_kill9_worker_host_recovers_then_split_reforms(pair: Pair) -> None:
+class SplitStream(threading.Thread):
+    """A long streamed completion from the split host, recording its ``data:`` events."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.events: list[bytes] = []
+        self.started = threading.Event()
+        self.failure: BaseException | None = None
+
+    def run(self) -> None:
+        body = {"model": MODEL, "prompt": "Count from one to one thousand:", "max_tokens": 1500,
+                "temperature": 0, "stream": True, "ignore_eos": True}  # fmt: skip
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            conn.request("POST", "/v1/completions", json.dumps(body),
+                         {"Content-Type": "application/json"})  # fmt: skip
+            resp = conn.getresponse()
+            assert resp.status == 200, resp.status
+            for raw in resp:  # de-chunked: a reset or a truncated chunk raises here
+                line = raw.strip()
+                if line.startswith(b"data: "):
+                    self.events.append(line)
+                    if len(self.events) >= 5:
+                        self.started.set()
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.failure = exc
+        finally:
+            self.started.set()
+            conn.close()
+
+
+def revive(pair: Pair, dead: MeshNode, host: MeshNode) -> MeshNode:
+    """Start ``dead`` again (same identity and disk), joining ``host``."""
+    args = [*dead.args, "--join", host.status()["token"]]
+    revived = MeshNode(dead.name + "+", dead.home, args).start()
+    if dead is pair.b:
+        pair.b = revived
+    else:
+        pair.a = revived
+    return revived
+
+
+def test_kill9_worker_mid_stream_host_recovers_then_split_reforms(pair: Pair) -> None:
+    """The worker is SIGKILLed while the host streams through it: the stream ends with a clean
+    error event (never a hang, a reset or a fake [DONE]), the host gives up the split within the
+    detection bound and answers 503, and the split re-forms when the worker comes back."""
     roles = pair.roles()
     host, worker = roles["host"], roles["worker"]
+    stream = SplitStream(host.api_port)
+    stream.start()
+    assert stream.started.wait(60), pair.logs()
+    assert stream.failure is None, (stream.failure, pair.logs())
     worker.signal(signal.SIGKILL)
     assert worker.proc is not None
     worker.proc.wait(10)
     killed = time.monotonic()
+    stream.join(30)
+    assert not stream.is_alive(), "the stream hung after its worker died"
+    ended = time.monotonic() - killed
+    assert stream.failure is None, f"{stream.failure!r}\n{pair.logs()}"
+    last = stream.events[-1]
+    assert last != b"data: [DONE]", "a stream cut by a dead worker must not look complete"
+    error = json.loads(last[len(b"data: ") :])["error"]
+    assert error["message"], error
+    assert ended <= 15, f"the stream ended {ended:.1f} s after the kill"
     wait_for(lambda: split_info(host).get("role") == "wait", 10, "the host to give up the split")
     assert time.monotonic() - killed <= 10
     assert not [p for p in host.children() if "llama-server" in p.name()]
@@ -175,12 +236,42 @@ def test_kill9_worker_host_recovers_then_split_reforms(pair: Pair) -> None:
         completion(host.api_port)
     assert info.value.code == 503
     # The worker comes back (same identity, joining the host): the split re-forms.
-    args = [*worker.args, "--join", host.status()["token"]]
-    revived = MeshNode(worker.name + "2", worker.home, args).start()
-    if worker is pair.b:
-        pair.b = revived
-    else:
-        pair.a = revived
+    revive(pair, worker, host)
+    wait_for(lambda: MODEL in host.model_ids(), 120, "the split to re-form")
+    assert completion(host.api_port)
+
+
+def test_kill9_worker_during_the_split_load(pair: Pair) -> None:
+    """The worker dies while the host's llama-server is loading over its rpc-server: the host
+    neither hangs nor leaves a llama-server behind, goes back to waiting, and the split forms
+    again with the revived worker."""
+    wait_for(lambda: set(pair.roles()) == {"host", "worker"}, 30, "a host and a worker")
+    roles = pair.roles()
+    host, worker = roles["host"], roles["worker"]
+    worker.signal(signal.SIGKILL)
+    assert worker.proc is not None
+    worker.proc.wait(10)
+    wait_for(lambda: split_info(host).get("role") == "wait", 10, "the host to give up the split")
+    worker = revive(pair, worker, host)
+
+    def loading() -> list[psutil.Process]:
+        return [p for p in host.children() if "llama-server" in p.name()]
+
+    wait_for(loading, 120, "the host to start loading the split", 0.02)
+    listed = MODEL in host.model_ids()
+    worker.signal(signal.SIGKILL)
+    assert worker.proc is not None
+    worker.proc.wait(10)
+    killed = time.monotonic()
+    assert not listed, "the split was serving before the kill: not a kill during load"
+    wait_for(lambda: split_info(host).get("role") == "wait", 15, "the host to give up the load")
+    wait_for(lambda: not loading(), 15, "the host's llama-server to be stopped")
+    assert time.monotonic() - killed <= 20
+    assert MODEL not in host.model_ids()
+    with pytest.raises(urllib.error.HTTPError) as info:
+        completion(host.api_port)
+    assert info.value.code == 503
+    revive(pair, worker, host)
     wait_for(lambda: MODEL in host.model_ids(), 120, "the split to re-form")
     assert completion(host.api_port)
 
