@@ -276,6 +276,40 @@ def test_kill9_worker_during_the_split_load(pair: Pair) -> None:
     assert completion(host.api_port)
 
 
+def test_kill9_of_the_workers_rpc_server_is_restarted_and_the_split_reforms(pair: Pair) -> None:
+    """The worker's rpc-server is SIGKILLed (its mesh-llm lives on): the worker restarts it, the
+    host re-plans with the new one, and the split answers again, with no orphan left behind."""
+    wait_for(lambda: set(pair.roles()) == {"host", "worker"}, 30, "a host and a worker")
+    roles = pair.roles()
+    host, worker = roles["host"], roles["worker"]
+    wait_for(lambda: MODEL in host.model_ids(), 120, "the split host to serve")
+
+    def rpc_servers() -> list[psutil.Process]:
+        return [p for p in worker.children() if "rpc-server" in p.name()]
+
+    def llama_servers() -> list[int]:
+        return [p.pid for p in host.children() if "llama-server" in p.name()]
+
+    (victim,) = rpc_servers()
+    (old_llama,) = llama_servers()
+    victim.kill()
+    victim.wait(10)
+    killed = time.monotonic()
+    wait_for(lambda: [p for p in rpc_servers() if p.pid != victim.pid], 30, "a new rpc-server")
+    restarted = time.monotonic() - killed
+
+    def reformed() -> bool:
+        pids = llama_servers()
+        return bool(pids) and old_llama not in pids and MODEL in host.model_ids()
+
+    wait_for(reformed, 120, "the host to re-plan the split on the new rpc-server")
+    assert split_info(host).get("workers") == [worker.status()["node_id_full"]]
+    assert completion(host.api_port) == completion(worker.api_port)
+    assert not psutil.pid_exists(victim.pid) or victim.status() == psutil.STATUS_ZOMBIE
+    print(f"rpc-server restarted {restarted:.1f} s after the kill; split back "
+          f"{time.monotonic() - killed:.1f} s after it")  # fmt: skip
+
+
 def test_a_peer_beyond_the_rtt_cap_is_left_out(tmp_path: Path) -> None:
     """B reaches A only through a relay adding 60 ms each way (RTT > 80 ms): A will not use it."""
     unavailable = netns_available()
