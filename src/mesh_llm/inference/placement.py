@@ -12,6 +12,8 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from mesh_llm.protocol import PeerId
+
 __all__ = [
     "FIT_FACTOR",
     "MAX_SPLIT_RTT_MS",
@@ -32,7 +34,7 @@ MAX_SPLIT_RTT_MS = 80.0
 class Member:
     """One node of a model's election group, as this node sees it."""
 
-    node_id: bytes
+    node_id: PeerId
     capacity: int
     rtt_ms: float | None  # None: unknown (this node itself, or never measured)
     build_id: str | None
@@ -49,11 +51,11 @@ class PlanKind(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class Plan:
     kind: PlanKind
-    host: bytes | None = None
-    workers: tuple[bytes, ...] = ()  # in --rpc order
+    host: PeerId | None = None
+    workers: tuple[PeerId, ...] = ()  # in --rpc order
     tensor_split: str | None = None  # workers first, host last
     reason: str = ""
-    excluded: tuple[tuple[bytes, str], ...] = ()  # peers left out of the split, with why
+    excluded: tuple[tuple[PeerId, str], ...] = ()  # peers left out of the split, with why
 
     def describe(self) -> str:
         return self.reason
@@ -63,7 +65,7 @@ def fits_solo(capacity: int, model_bytes: int) -> bool:
     return capacity >= int(model_bytes * FIT_FACTOR)
 
 
-def _host_key(member: Member) -> tuple[int, bytes]:
+def _host_key(member: Member) -> tuple[int, PeerId]:
     return (member.capacity, member.node_id)
 
 
@@ -108,7 +110,7 @@ def plan_model(
             host=host.node_id,
             reason=f"{host.node_id[:5].hex()} hosts (capacity {host.capacity / 1e9:.2f} GB)",
         )
-    excluded: list[tuple[bytes, str]] = []
+    excluded: list[tuple[PeerId, str]] = []
     eligible: list[Member] = []
     for peer in [*peers, *helpers]:
         if peer.build_id != me.build_id:

@@ -73,7 +73,7 @@ from mesh_llm.network import (
     native_relay_status,
     prepare_native_relay,
 )
-from mesh_llm.protocol import PeerAnnouncement, Request, render_response
+from mesh_llm.protocol import PeerAnnouncement, PeerId, Request, render_response
 from mesh_llm.runtime import status as status_json
 from mesh_llm.runtime.announce import self_announcement
 from mesh_llm.runtime.config import NodeConfig
@@ -607,7 +607,7 @@ class Node:
     def _split_plan(self, model: str, size: int) -> Plan:
         """Election and worker selection for ``model`` over the current mesh view."""
         mesh = self.mesh
-        own = mesh.transport.node_id_bytes if mesh and mesh.transport else b"\0" * 32
+        own = mesh.transport.node_id_bytes if mesh and mesh.transport else PeerId(b"\0" * 32)
         build = self.binaries.build_id if self.binaries else None
         me = Member(own, self.capacity, None, build, self._rpc_port() is not None)
         group = split_group(model, mesh.peer_snapshots() if mesh is not None else ())

@@ -35,7 +35,7 @@ class SplitGroup:
     """Peers that declared the model: the election group besides this node."""
     helpers: tuple[Member, ...]
     """Idle workers (an rpc-server, no model of their own): they lend memory, never host."""
-    ignored: tuple[tuple[bytes, str], ...] = ()
+    ignored: tuple[tuple[PeerId, str], ...] = ()
     """The other peers, with why none of them can take part (shown in ``/api/status`` beside the
     plan's own exclusions, so a split that does not form says what it waits for)."""
 
@@ -46,7 +46,7 @@ def split_group(model: str, peers: Iterable[PeerSnapshot]) -> SplitGroup:
     Only connected, admitted peers that are not clients take part."""
     group: list[Member] = []
     helpers: list[Member] = []
-    ignored: list[tuple[bytes, str]] = []
+    ignored: list[tuple[PeerId, str]] = []
     for peer in peers:
         ann = peer.announcement
         why = _not_a_member(model, peer)
