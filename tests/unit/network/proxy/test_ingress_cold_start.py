@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from mesh_llm.network.proxy import warmup as warmup_mod
-from mesh_llm.network.proxy.ingress import Ingress
+from mesh_llm.network.proxy.ingress import SHUTDOWN_MESSAGE, Ingress
 from mesh_llm.network.proxy.routing import RoutingSnapshot, Target
 from mesh_llm.network.proxy.upstream import connect_local
 from mesh_llm.network.proxy.warmup import EVENT_STREAM_HEAD, Warmup
@@ -465,3 +465,105 @@ async def test_a_client_that_never_reads_the_comments_still_gets_the_timeout() -
         writer.close()
     assert b"still loading" in data
     assert data.endswith(b"0\r\n\r\n")
+
+
+# -- the ingress closes meanwhile ------------------------------------------------------------
+
+
+async def _read_until(reader: asyncio.StreamReader, marker: bytes) -> bytes:
+    seen = b""
+    async with asyncio.timeout(DEADLINE):
+        while marker not in seen:
+            chunk = await reader.read(65536)
+            assert chunk, f"closed before {marker!r} arrived"
+            seen += chunk
+    return seen
+
+
+async def _close_and_read(
+    ingress: Ingress, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> tuple[bytes, float]:
+    """Close ``ingress``; what the client still gets and how long until its answer ended."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    closing = asyncio.create_task(ingress.close())
+    async with asyncio.timeout(DEADLINE):
+        rest = await reader.read()
+    took = loop.time() - started
+    writer.close()
+    await closing
+    return rest, took
+
+
+def _shutdown_message(seen: bytes) -> str:
+    assert seen.endswith(b"\r\n0\r\n\r\n"), seen[-200:]
+    error_line = seen.split(b"data: ")[-1].split(b"\n")[0]
+    message: str = json.loads(error_line)["error"]["message"]
+    return message
+
+
+async def test_close_during_a_cold_started_stream_ends_it_with_an_error_event_at_once() -> None:
+    gate = asyncio.Event()  # the last event never comes: the stream is in the middle
+    async with running(sse([b"first", b"second", b"last"], gate=gate)) as up:
+        mesh = Mesh(loads_to=to(COLD, up))
+        mesh.answer = mesh.warmup()
+        ingress = Ingress(
+            host="127.0.0.1",
+            port=0,
+            snapshot=mesh.snapshot,
+            connect=connect_local,
+            models_listing=list,
+            cold_start=mesh.cold_start,
+        )
+        await ingress.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", ingress.port)
+        writer.write(chat(COLD, stream=True))
+        seen = await _read_until(reader, b"data: second")
+        assert b": loading" in seen  # the answer continues the cold start's event stream
+        rest, took = await _close_and_read(ingress, reader, writer)
+        gate.set()
+    assert took < 1.0  # ended at once, not cut at the grace deadline (3 s)
+    assert b"data: last" not in rest
+    assert _shutdown_message(seen + rest) == SHUTDOWN_MESSAGE
+
+
+async def test_close_while_a_stream_waits_for_its_model_ends_it_with_an_error_event() -> None:
+    mesh = Mesh()  # the load never comes up
+    mesh.answer = mesh.warmup()
+    ingress = Ingress(
+        host="127.0.0.1",
+        port=0,
+        snapshot=mesh.snapshot,
+        connect=connect_local,
+        models_listing=list,
+        cold_start=mesh.cold_start,
+    )
+    await ingress.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", ingress.port)
+    writer.write(chat(COLD, stream=True))
+    seen = await _read_until(reader, b": loading")
+    rest, took = await _close_and_read(ingress, reader, writer)
+    assert took < 1.0
+    assert _shutdown_message(seen + rest) == SHUTDOWN_MESSAGE
+
+
+async def test_close_while_a_request_waits_for_its_model_answers_503() -> None:
+    mesh = Mesh()
+    mesh.answer = mesh.warmup()
+    ingress = Ingress(
+        host="127.0.0.1",
+        port=0,
+        snapshot=mesh.snapshot,
+        connect=connect_local,
+        models_listing=list,
+        cold_start=mesh.cold_start,
+    )
+    await ingress.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", ingress.port)
+    writer.write(chat(COLD))
+    await wait_for(lambda: mesh.asked == [COLD])
+    rest, took = await _close_and_read(ingress, reader, writer)
+    assert took < 1.0
+    message = assert_openai_error(rest, 503, "server_error", "shutting_down")
+    assert message == SHUTDOWN_MESSAGE
+    assert parse(rest)[1]["retry-after"] == "2"
