@@ -12,7 +12,9 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import anthropic
 import openai
 import pytest
 
@@ -21,7 +23,8 @@ from mesh_llm.network.proxy.ingress import SHUTDOWN_MESSAGE, Ingress
 from mesh_llm.network.proxy.routing import RoutingSnapshot, Target
 from mesh_llm.network.proxy.upstream import connect_local
 from mesh_llm.network.proxy.warmup import EVENT_STREAM_HEAD, Warmup
-from tests.fakes.fake_upstream import echo, hang, raw, response, running, sse
+from tests.fakes.fake_upstream import SSE_HEAD, echo, hang, raw, response, running, sse
+from tests.unit.network.proxy.test_event_streams import chunked
 from tests.unit.network.proxy.test_ingress import (
     DEADLINE,
     assert_openai_error,
@@ -36,6 +39,9 @@ from tests.unit.network.proxy.test_ingress import (
 
 pytestmark = pytest.mark.timeout(60)
 
+DATA = Path(__file__).parent / "data"
+RESPONSES_TEXT = (DATA / "llama_responses_text.sse").read_bytes()
+MESSAGES_NO_START = (DATA / "llama_messages_no_start.sse").read_bytes()
 COLD = "cold-model"
 LOAD_S = 0.4
 """How long the fake load takes before the model's target appears."""
@@ -567,3 +573,51 @@ async def test_close_while_a_request_waits_for_its_model_answers_503() -> None:
     message = assert_openai_error(rest, 503, "server_error", "shutting_down")
     assert message == SHUTDOWN_MESSAGE
     assert parse(rest)[1]["retry-after"] == "2"
+
+
+# -- the other stream dialects through a cold start (the rewriters after the comments) --------
+
+
+async def test_openai_responses_stream_helper_works_through_a_cold_start() -> None:
+    async with running(raw(SSE_HEAD + chunked(RESPONSES_TEXT))) as up:
+        mesh = Mesh(loads_to=to(COLD, up))
+        mesh.answer = mesh.warmup()
+        async with ingress_for(mesh) as ingress:
+            client = openai.AsyncOpenAI(
+                base_url=f"http://127.0.0.1:{ingress.port}/v1", api_key="unused", max_retries=0
+            )
+            try:
+                async with client.responses.stream(model=COLD, input="Say hello.") as stream:
+                    deltas = [
+                        e.delta async for e in stream if e.type == "response.output_text.delta"
+                    ]
+                    final = await stream.get_final_response()
+            finally:
+                await client.close()
+    assert mesh.asked == [COLD]
+    assert final.output_text
+    assert "".join(deltas) == final.output_text
+
+
+async def test_anthropic_stream_helper_works_through_a_cold_start() -> None:
+    # llama-server skips message_start; the rewriter adds it after the loading comments.
+    async with running(raw(SSE_HEAD + chunked(MESSAGES_NO_START))) as up:
+        mesh = Mesh(loads_to=to(COLD, up))
+        mesh.answer = mesh.warmup()
+        async with ingress_for(mesh) as ingress:
+            client = anthropic.AsyncAnthropic(
+                base_url=f"http://127.0.0.1:{ingress.port}", api_key="unused", max_retries=0
+            )
+            try:
+                async with client.messages.stream(
+                    model=COLD, max_tokens=8, messages=[{"role": "user", "content": "hi"}]
+                ) as stream:
+                    text = "".join([t async for t in stream.text_stream])
+                    final = await stream.get_final_message()
+            finally:
+                await client.close()
+    assert mesh.asked == [COLD]
+    assert text
+    assert final.content[0].type == "text"
+    assert final.content[0].text == text
+    assert final.stop_reason == "max_tokens"
