@@ -54,6 +54,8 @@ __all__ = ["Placement"]
 
 log = logging.getLogger(__name__)
 
+NOT_READY = "llama.cpp is not ready on this node yet; retry shortly"
+"""Why a cold start that only this node could serve cannot start while llama.cpp is prepared."""
 PEER_LOAD_TIMEOUT_S = 15.0
 """How long a peer may take to accept a cold-start load (it answers 202 once begun)."""
 
@@ -115,6 +117,11 @@ class Placement:
 
     def _free(self) -> int:
         return self._node.capacity - self._node.used_bytes()
+
+    def _preparing(self) -> bool:
+        """llama.cpp is still being found or built: this node will load models, not yet."""
+        node = self._node
+        return not node.config.client and node.binaries is None
 
     def _can_load(self) -> bool:
         node = self._node
@@ -234,6 +241,9 @@ class Placement:
                 f"{model} was unloaded on this node by hand and no other node can load it; "
                 f"load it again with: mesh-llm load {model}"
             )
+        if isinstance(choice, str) and self._preparing():
+            # This node was left out (it cannot load yet), so "no room" would blame memory.
+            return NOT_READY
         if choice is None or isinstance(choice, str):
             return choice
         warmup = (

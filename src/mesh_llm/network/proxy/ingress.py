@@ -328,7 +328,8 @@ class Ingress:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self._relaying: set[Interrupt] = set()
-        """One per response being relayed: fired at close to end it early (see close)."""
+        """One per response being relayed or request waiting for a cold start: fired at close
+        to end it early (see close)."""
         self.inflight = 0
         """Connections being handled now."""
         self.requests_total = 0
@@ -633,7 +634,9 @@ class Ingress:
                 self._relaying.add(interrupt)
                 try:
                     if head_sent:
-                        await self._relay_body(conn, upstream, first, target.model, request.path)
+                        await self._relay_body(
+                            conn, upstream, first, target.model, request.path, interrupt
+                        )
                     else:
                         await self._relay(
                             conn, upstream, first, target.model, request.path, resume, interrupt
@@ -682,33 +685,46 @@ class Ingress:
         def ready() -> bool:
             return bool(self._snapshot().targets.get(model))
 
+        interrupt = Interrupt(fired=self._closing)
+        self._relaying.add(interrupt)  # close() ends the wait at once (not at its grace deadline)
         try:
-            outcome = await wait_for_model(
-                warmup,
-                ready=ready,
-                send=conn.send,
-                stream=request.path in JSON_API_PATHS and wants_stream(request.body),
-                model_header=f"{MODEL_HEADER}: {label}\r\n".encode(),
-                limit_s=self._cold_start_timeout,
-            )
+            async with _interruptible(interrupt):
+                outcome = await wait_for_model(
+                    warmup,
+                    ready=ready,
+                    send=conn.send,
+                    stream=request.path in JSON_API_PATHS and wants_stream(request.body),
+                    model_header=f"{MODEL_HEADER}: {label}\r\n".encode(),
+                    limit_s=self._cold_start_timeout,
+                )
         except ConnectionError:
             return WarmupOutcome(False, True, "the client went away")
+        except TimeoutError:  # interrupted: the node shuts down
+            outcome = WarmupOutcome(False, conn.response_started, SHUTDOWN_MESSAGE)
+        finally:
+            self._relaying.discard(interrupt)
         if outcome.error is not None:
             with contextlib.suppress(ConnectionError):
                 if outcome.head_sent:
                     await conn.write(stream_error_tail(request.path, outcome.error))
                 else:
-                    error = render_api_error(
-                        request.path, 503, outcome.error, "server_error", "model_loading"
-                    )
+                    code = "shutting_down" if outcome.error == SHUTDOWN_MESSAGE else "model_loading"
+                    error = render_api_error(request.path, 503, outcome.error, "server_error", code)
                     await conn.send(_with_retry_after(error))
         return outcome
 
     async def _relay_body(
-        self, conn: _Client, upstream: UpstreamStream, first: bytes, model: str, path: str
+        self,
+        conn: _Client,
+        upstream: UpstreamStream,
+        first: bytes,
+        model: str,
+        path: str,
+        interrupt: Interrupt | None = None,
     ) -> None:
         """Relay an answer into an event stream whose head the client already has (after a
-        cold start's comments): the body only, or an error event for a non-stream answer."""
+        cold start's comments): the body only, or an error event for a non-stream answer.
+        ``interrupt`` (node shutdown) ends it early with an error event saying so."""
         body_at = _event_stream_body_at(first)
         if body_at is None:
             head = parse_response_head(first)
@@ -724,24 +740,30 @@ class Ingress:
         tracker = ChunkedTracker()
         data = first[body_at:]
         try:
-            while True:
-                if data and rewriter is not None:
-                    await conn.write(rewriter.feed(data))
-                elif data:
-                    tracker.feed(data)
-                    await conn.write(data)
-                if rewriter.done if rewriter is not None else tracker.done:
-                    break
-                data = await upstream.read(READ_SIZE)
-                if not data:
-                    break
+            async with _interruptible(interrupt):
+                while True:
+                    if data and rewriter is not None:
+                        await conn.write(rewriter.feed(data))
+                    elif data:
+                        tracker.feed(data)
+                        await conn.write(data)
+                    if rewriter.done if rewriter is not None else tracker.done:
+                        break
+                    data = await upstream.read(READ_SIZE)
+                    if not data:
+                        break
         except ConnectionError:
             return
-        except (OSError, MeshLlmError) as exc:
-            logger.warning("upstream failed mid-response: %s", exc)
+        except (OSError, MeshLlmError) as exc:  # TimeoutError: interrupted (see _interruptible)
+            if not self._closing:
+                logger.warning("upstream failed mid-response: %s", exc)
         done = rewriter.done if rewriter is not None else tracker.done
         if not done and (rewriter is not None or tracker.at_boundary):
-            message = f"the inference server for '{model}' stopped in the middle of the response"
+            message = (
+                SHUTDOWN_MESSAGE
+                if self._closing
+                else f"the inference server for '{model}' stopped in the middle of the response"
+            )
             with contextlib.suppress(ConnectionError):
                 await conn.write(stream_error_tail(path, message))
 
