@@ -518,6 +518,8 @@ class Membership:
     def _dial_failed(
         self, peer_id: PeerId, reason: ConnectReason, now: float, why: str
     ) -> list[Action]:
+        if peer_id == self._merge_target and reason is ConnectReason.JOIN:
+            self._merge_target = None  # the merge did not happen: we stay in our mesh
         if peer_id in self._bootstrap_ids:
             self._join_failed(peer_id, why)
             failures = self._bootstrap_failures.get(peer_id, 0) + 1

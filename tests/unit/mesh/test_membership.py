@@ -331,6 +331,15 @@ def test_a_merge_with_no_mesh_id_yet_takes_the_target_s_not_another_peer_s() -> 
     assert not m.merging
 
 
+def test_a_failed_merge_dial_leaves_the_mesh_id_alone() -> None:
+    m = new(mesh_id="mine")
+    m.merge(addr(A), T0)
+    m.connect_failed(A, T0 + 1, "timed out")
+    assert not m.merging
+    member(m, A, T0 + 2, me=replace(ann(A), mesh_id="theirs"))
+    assert m.mesh_id == "mine"
+
+
 def test_a_merge_into_the_same_mesh_changes_nothing() -> None:
     m = new(mesh_id="same")
     m.merge(addr(A), T0)
