@@ -6,6 +6,9 @@ answers a completion; ``/api/discover`` lists the host; the host's clean exit de
 listing (NIP-09). A serving ``--auto`` node joins a publisher and serves; killed with -9, the
 publisher is replaced by that node's watchdog within the bound. With three live listings,
 ``--auto`` joins the one named "mesh-llm" (+300) over an unnamed one and a differently named one.
+An ``--auto`` node alone in the mesh it started merges into a larger published one (the
+unpublish-and-merge rule): its listing is deleted, it takes that mesh's id, and its watchdog then
+watches that mesh (it takes over publishing it when its publisher is killed).
 """
 
 from __future__ import annotations
@@ -236,6 +239,127 @@ def test_auto_prefers_the_mesh_named_mesh_llm_per_the_scoring(tmp_path: Path) ->
             assert unnamed.status()["node_id_full"] not in peer_ids
             assert other.status()["node_id_full"] not in peer_ids
             assert "--auto: joined mesh mesh-llm" in joiner.stderr_text()
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n" + "\n".join(n.log_tail() for n in nodes)) from None
+        finally:
+            for node in reversed(nodes):
+                node.stop()
+
+
+FAST_DISCOVERY = {"MESH_LLM_DISCOVERY_TIME_SCALE": "0.1"}
+"""Publish every 6 s, watchdog every 2-3.5 s (re-check 0.3-1 s) instead of 60 s and 20-35 s."""
+MERGE_BOUND_S = 30.0
+"""From the larger mesh's listing (2 nodes) to the merge: a 6 s publish interval on each side, a
+discovery (up to 7 s), a probe (3 s) and the join."""
+FAST_WATCHDOG_BOUND_S = 45.0
+"""Dead-peer detection (up to 15 s) + a 2-3.5 s watchdog check + a 0.3-1 s re-check + two
+discoveries (up to 7 s each) + publishing."""
+
+
+def test_a_lonely_auto_mesh_unpublishes_and_merges_into_a_larger_one(tmp_path: Path) -> None:
+    """X (``--auto``) finds nothing and starts its own mesh, published. A larger mesh appears (A
+    publishes and serves, B joins it): X, with no serving peer, deletes its listing, joins A's
+    mesh and takes its mesh id, and answers requests there. Its watchdog then watches A's mesh:
+    it does not republish its old one, and when A is killed (-9) it publishes A's mesh id."""
+    with local_relay() as relay:
+        mesh_args = ["--nostr-relay", relay.url, *LOOPBACK_MESH]
+        x = MeshNode(
+            "x-auto",
+            tmp_path / "x",
+            ["--auto", "--model", MODEL, "--parallel", "2", *mesh_args],
+            env=FAST_DISCOVERY,
+        )
+        x.separate_stderr = True
+        a = MeshNode(
+            "a-publisher",
+            tmp_path / "a",
+            ["--model", MODEL, "--parallel", "2", "--publish", *mesh_args],
+            env=FAST_DISCOVERY,
+        )
+        nodes = [x]
+        try:
+            x.start()
+            x.wait_models({MODEL}, timeout=180)
+            x_first = x.status()
+            assert "--auto: starting a new mesh" in x.stderr_text(), x.stderr_text()
+
+            def listed(token: str) -> list[dict[str, Any]]:
+                rows = _discover_json(relay.url, tmp_path / "cli")
+                return [r for r in rows if r["listing"]["invite_token"] == token]
+
+            x_row = wait_for(lambda: listed(x_first["token"]), 30, "X's own listing")[0]
+            assert x_row["listing"]["node_count"] == 1
+            old_mesh = x_first["mesh_id"]
+            assert old_mesh
+            assert x_row["listing"]["mesh_id"] == old_mesh
+
+            nodes.append(a)
+            a.start()
+            a.wait_models({MODEL}, timeout=180)
+            a_status = a.status()
+            b = MeshNode(
+                "b-worker",
+                tmp_path / "b",
+                ["--join", a_status["token"], "--no-standby", *mesh_args],
+                env=FAST_DISCOVERY,
+            )
+            nodes.append(b)
+            b.start()
+            a_mesh = a_status["mesh_id"]
+            assert a_mesh
+            assert a_mesh != old_mesh
+            a_row = wait_for(
+                lambda: [r for r in listed(a_status["token"]) if r["listing"]["node_count"] >= 2],
+                60,
+                "the larger mesh's listing (A and B)",
+            )[0]
+            assert a_row["listing"]["mesh_id"] == a_mesh
+            larger_listed = time.monotonic()
+
+            def merged() -> dict[str, Any] | None:
+                status = x.status()
+                joined = any(p["id"] == a_status["node_id_full"] for p in status["peers"])
+                return status if joined and status["mesh_id"] == a_mesh else None
+
+            x_status = wait_for(merged, MERGE_BOUND_S, "X to merge into A's mesh and take its id")
+            merged_at = time.monotonic()
+            assert merged_at - larger_listed < MERGE_BOUND_S
+            assert "listing withdrawn, merging into the larger mesh" in x.stderr_text()
+            assert x_status["token"] == x_first["token"]
+            assert not listed(x_first["token"]), "X's listing was not deleted (NIP-09)"
+            assert (tmp_path / "x" / "last-mesh").read_text().strip() == a_mesh
+            wait_for(
+                lambda: any(p["id"] == x_first["node_id_full"] for p in a.status()["peers"]),
+                15,
+                "A to see X in its mesh",
+            )
+
+            api = openai.OpenAI(base_url=f"{x.api}/v1", api_key="x", max_retries=0)
+            reply = api.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "Say hi."}], max_tokens=8
+            )
+            assert reply.choices[0].message.content
+            api.close()
+
+            # Several watchdog rounds after the merge: A's listing carries X's new mesh id, so
+            # X's watchdog finds it and stays quiet (with its old id it would republish that).
+            time.sleep(max(0.0, 8.0 - (time.monotonic() - merged_at)))
+            assert not listed(x_first["token"]), "X republished after merging"
+            assert x.status()["mesh_id"] == a_mesh
+
+            assert a.proc is not None
+            a.proc.kill()  # no NIP-09 deletion: A's listing stays until it expires
+            a.proc.wait(timeout=10)
+            nodes.remove(a)
+            killed = time.monotonic()
+            row = wait_for(
+                lambda: (listed(x_first["token"]) or [None])[0],
+                FAST_WATCHDOG_BOUND_S,
+                "X's watchdog to take over publishing A's mesh",
+            )
+            assert row["listing"]["mesh_id"] == a_mesh
+            assert "watchdog: no live listing" in x.stderr_text()
+            assert time.monotonic() - killed < FAST_WATCHDOG_BOUND_S
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n" + "\n".join(n.log_tail() for n in nodes)) from None
         finally:

@@ -14,13 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from mesh_llm.errors import ConfigError
+
 __all__ = [
     "BIN_DIR_ENV",
+    "DISCOVERY_TIME_SCALE_ENV",
     "EPHEMERAL_KEY_ENV",
     "IROH_FAST_ENV",
     "NATIVE_RELAY_ENV",
     "FastPath",
     "bin_dir",
+    "discovery_time_scale",
     "ephemeral_key",
     "fast_path",
     "switched_off",
@@ -34,6 +38,9 @@ BIN_DIR_ENV: Final = "MESH_LLM_BIN_DIR"
 """llama-server/rpc-server directory when ``--bin-dir`` is not given."""
 EPHEMERAL_KEY_ENV: Final = "MESH_LLM_EPHEMERAL_KEY"
 """Non-empty: a fresh node identity for this run instead of the state dir's key."""
+DISCOVERY_TIME_SCALE_ENV: Final = "MESH_LLM_DISCOVERY_TIME_SCALE"
+"""Tests and benchmarks only: multiply Nostr discovery's intervals (publish every 60 s, watchdog
+every 20-35 s, ...) by this positive factor, e.g. ``0.1``. Unset: the reference's intervals."""
 
 _OFF: Final = frozenset({"0", "false", "no", "off"})
 
@@ -71,3 +78,20 @@ def bin_dir(flag: Path | None, environ: Mapping[str, str]) -> Path | None:
 def ephemeral_key(environ: Mapping[str, str]) -> bool:
     """:data:`EPHEMERAL_KEY_ENV` is set to anything non-empty."""
     return bool(environ.get(EPHEMERAL_KEY_ENV))
+
+
+def discovery_time_scale(environ: Mapping[str, str]) -> float:
+    """:data:`DISCOVERY_TIME_SCALE_ENV` as a factor (1.0 when unset or empty)."""
+    raw = environ.get(DISCOVERY_TIME_SCALE_ENV, "").strip()
+    if not raw:
+        return 1.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise ConfigError(
+            f"{DISCOVERY_TIME_SCALE_ENV}={raw!r}: expected a positive number (e.g. 0.1), "
+            "or leave it unset"
+        )
+    return value

@@ -26,6 +26,7 @@ from mesh_llm.discovery.nostr import (
     load_or_create_nostr_keys,
 )
 from mesh_llm.discovery.probe import PROBE_TIMEOUT_S, first_live
+from mesh_llm.discovery.timing import DiscoveryTiming
 from mesh_llm.discovery.watchdog import (
     WATCHDOG_INTERVAL_S,
     WATCHDOG_RECHECK_S,
@@ -45,6 +46,7 @@ __all__ = [
     "WATCHDOG_RECHECK_S",
     "DiscoveredMesh",
     "DiscoveryError",
+    "DiscoveryTiming",
     "Freshness",
     "Join",
     "MeshListing",

@@ -112,6 +112,9 @@ class Membership:
         self.timing = timing or Timing()
         self._rng = rng or random.Random(0)
         self._mesh_id = mesh_id
+        self._merge_target: PeerId | None = None
+        """Set by :meth:`merge`: the next mesh id this peer gossips in its own entry replaces
+        ours."""
         self._bootstrap = tuple(a for a in bootstrap if a.id_bytes != own_id)
         self._bootstrap_ids = tuple(a.id_bytes for a in self._bootstrap)
         self._join_attempts = 0
@@ -142,6 +145,11 @@ class Membership:
     @property
     def mesh_id(self) -> str | None:
         return self._mesh_id
+
+    @property
+    def merging(self) -> bool:
+        """A :meth:`merge` waits for its target's mesh id (ours is still the old mesh's)."""
+        return self._merge_target is not None
 
     @property
     def self_announcement(self) -> PeerAnnouncement:
@@ -270,6 +278,16 @@ class Membership:
         if addr_count(addr) == 0:
             self._join_failed(pid, "its address lists no relay and no IP address to dial")
         return self._dial(addr, ConnectReason.JOIN, now)
+
+    def merge(self, addr: EndpointAddrInfo, now: float) -> list[Action]:
+        """Leave our mesh for the one ``addr``'s node belongs to (the unpublish-and-merge rule,
+        docs/DESIGN.md "Discovery"): join it, and take the mesh id its node gossips in its own
+        entry even though we have one. The only way a mesh id is replaced: otherwise the first
+        one adopted stays (spec: joiners never overwrite it)."""
+        if addr.id_bytes == self.own_id:
+            return []
+        self._merge_target = addr.id_bytes
+        return self.join(addr, now)
 
     # ------------------------------------------------------------------------------------------
     # Inputs from the transport adapter
@@ -500,6 +518,8 @@ class Membership:
     def _dial_failed(
         self, peer_id: PeerId, reason: ConnectReason, now: float, why: str
     ) -> list[Action]:
+        if peer_id == self._merge_target and reason is ConnectReason.JOIN:
+            self._merge_target = None  # the merge did not happen: we stay in our mesh
         if peer_id in self._bootstrap_ids:
             self._join_failed(peer_id, why)
             failures = self._bootstrap_failures.get(peer_id, 0) + 1
@@ -534,9 +554,13 @@ class Membership:
 
     def _admit(self, remote_id: PeerId, entry: PeerAnnouncement, now: float) -> list[Action]:
         actions: list[Action] = []
-        if self._mesh_id is None and entry.mesh_id:
-            self._mesh_id = entry.mesh_id
-            actions.append(MeshIdAdopted(entry.mesh_id))
+        merging = remote_id == self._merge_target
+        if entry.mesh_id and (self._mesh_id is None or merging):
+            if merging:
+                self._merge_target = None
+            if entry.mesh_id != self._mesh_id:
+                self._mesh_id = entry.mesh_id
+                actions.append(MeshIdAdopted(entry.mesh_id))
         self._demand.merge(entry.demand)
         self._heartbeat_pending.pop(remote_id, None)
         if self._bootstrap and not self._joined_once:

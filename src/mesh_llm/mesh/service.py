@@ -177,6 +177,10 @@ class MeshService:
     def join(self, addr: EndpointAddrInfo) -> None:
         self.apply(self.membership.join(addr, self._clock()))
 
+    def merge(self, addr: EndpointAddrInfo) -> None:
+        """Join ``addr``'s mesh and take its mesh id (:meth:`Membership.merge`)."""
+        self.apply(self.membership.merge(addr, self._clock()))
+
     async def leave(self) -> None:
         """Tell every peer we are leaving (PeerLeaving), then give the frames time to flush."""
         self._closing = True

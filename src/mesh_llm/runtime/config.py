@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mesh_llm.discovery import DiscoveryTiming
 from mesh_llm.inference import BuildOptions
 
 __all__ = ["NodeConfig"]
@@ -48,6 +49,9 @@ class NodeConfig:
     max_clients: int = 0
     """Withdraw the listing while this many clients are connected (0: unlimited)."""
     region: str | None = None
+    discovery_timing: DiscoveryTiming = field(default_factory=DiscoveryTiming)
+    """Publish, watchdog and rediscovery intervals (``MESH_LLM_DISCOVERY_TIME_SCALE`` scales
+    them, for tests and benchmarks)."""
     extra_llama_args: tuple[str, ...] = field(default_factory=tuple)
     chat_template_file: Path | None = None
     """Overrides every model's chat template (``--chat-template-file``)."""

@@ -19,8 +19,6 @@ from typing import Any
 from mesh_llm.discovery import (
     LISTING_TTL_S,
     PROBE_TIMEOUT_S,
-    WATCHDOG_INTERVAL_S,
-    WATCHDOG_RECHECK_S,
     DiscoveredMesh,
     DiscoveryError,
     Join,
@@ -43,13 +41,9 @@ __all__ = ["DiscoveryLink", "listing_from_status"]
 
 log = logging.getLogger(__name__)
 
-PUBLISH_INTERVAL_S = 60.0
 UNPUBLISH_TIMEOUT_S = 3.0
 DISCOVER_TIMEOUT_S = 5.0
-CLIENT_RETRY_S = 15.0
 CLIENT_RETRIES = 20
-LONELY_CHECK_S = 30.0
-LONELY_AFTER_S = 90.0
 LLAMA_WAIT_S = 60.0
 READY_POLL_S = 0.5
 
@@ -106,6 +100,7 @@ class DiscoveryLink:
     ) -> None:
         self.config = config
         self.state = state
+        self.timing = config.discovery_timing
         self._mesh = mesh
         self._status = status
         self._say = say or log.info
@@ -116,7 +111,6 @@ class DiscoveryLink:
         self._auto = config.auto and not config.join
         self._directory: NostrDirectory | None = None
         self._listed = False
-        self._merged = False
         self._started_mesh = False
         """``--auto`` found nothing and started this mesh: it merges into a larger one when
         alone (the unpublish-and-merge rule)."""
@@ -140,7 +134,7 @@ class DiscoveryLink:
                 await self._publish_loop()  # returns after a merge into a larger mesh
             elif not self._auto:
                 return
-            elif self.config.client or self._private or not self._started_mesh_or_joined():
+            elif self.config.client or self._private:
                 await self._rediscover_when_lonely()
                 return
             else:
@@ -150,19 +144,15 @@ class DiscoveryLink:
                     lonely.cancel()
                 self.publishing = True
 
-    def _started_mesh_or_joined(self) -> bool:
-        """The watchdog runs on serving ``--auto`` nodes of their first mesh (not after a merge:
-        the node keeps its own mesh id there, so it could not recognise the mesh's listing)."""
-        return not self._merged
-
     async def _watchdog(self) -> None:
         """Returns when this node should take over publishing its mesh (see
-        :mod:`mesh_llm.discovery.watchdog`)."""
+        :mod:`mesh_llm.discovery.watchdog`). After a merge it watches the mesh it merged into:
+        it has taken that mesh's id."""
         while True:
-            await asyncio.sleep(watchdog_delay(WATCHDOG_INTERVAL_S, self._rng))
+            await asyncio.sleep(watchdog_delay(self.timing.watchdog_interval, self._rng))
             if not await self._orphaned():
                 continue
-            await asyncio.sleep(watchdog_delay(WATCHDOG_RECHECK_S, self._rng))
+            await asyncio.sleep(watchdog_delay(self.timing.watchdog_recheck, self._rng))
             if await self._orphaned():
                 self._say("--auto watchdog: no live listing of this mesh; publishing it")
                 return
@@ -177,6 +167,9 @@ class DiscoveryLink:
         return newest_per_publisher(found, time.time())
 
     async def _orphaned(self) -> bool:
+        membership = self._mesh.membership
+        if membership is not None and membership.merging:
+            return False  # our mesh id is still the old mesh's until the merge target gossips
         meshes = await self._listings()
         if meshes is None:
             return False  # relays unreachable: publishing would fail too
@@ -255,24 +248,27 @@ class DiscoveryLink:
             self._mesh.originate_mesh()
             return
         for attempt in range(1, CLIENT_RETRIES + 1):
-            self._say(f"--auto: retrying in {CLIENT_RETRY_S:g} s ({attempt}/{CLIENT_RETRIES})")
-            await asyncio.sleep(CLIENT_RETRY_S)
+            retry = self.timing.client_retry
+            self._say(f"--auto: retrying in {retry:g} s ({attempt}/{CLIENT_RETRIES})")
+            await asyncio.sleep(retry)
             if await self._find():
                 return
-        self._say("--auto: no mesh found in 5 minutes; this client stays alone")
+        minutes = CLIENT_RETRIES * self.timing.client_retry / 60
+        self._say(f"--auto: no mesh found in {minutes:g} minutes; this client stays alone")
 
     async def _rediscover_when_lonely(self) -> None:
         """After 90 s with no peers (checked every 30 s), discover again."""
+        check, after = self.timing.lonely_check, self.timing.lonely_after
         lonely_since: float | None = None
         while True:
-            await asyncio.sleep(LONELY_CHECK_S)
+            await asyncio.sleep(check)
             if self._status().get("peers"):
                 lonely_since = None
                 continue
             now = time.monotonic()
             lonely_since = lonely_since if lonely_since is not None else now
-            if now - lonely_since >= LONELY_AFTER_S - LONELY_CHECK_S:
-                self._say("--auto: no peers for 90 s; rediscovering")
+            if now - lonely_since >= after - check:
+                self._say(f"--auto: no peers for {after:g} s; rediscovering")
                 lonely_since = None
                 await self._find()
 
@@ -297,11 +293,12 @@ class DiscoveryLink:
             if self._started_mesh and await self._merge_if_alone():
                 return
             await self._publish_once()
-            await asyncio.sleep(PUBLISH_INTERVAL_S)
+            await asyncio.sleep(self.timing.publish_interval)
 
     async def _merge_if_alone(self) -> bool:
         """The unpublish-and-merge rule: a mesh this node started, with no serving peer, joins a
-        larger one (ours by mesh id, or any unnamed one when we are unnamed). True if merged."""
+        larger one (ours by mesh id, or any unnamed one when we are unnamed), and takes its mesh
+        id (:meth:`Membership.merge`). True if merged."""
         status = self._status()
         peers = [p for p in status.get("peers", []) if isinstance(p, dict)]
         serving = [p for p in peers if p.get("role") != "Client"]
@@ -325,12 +322,11 @@ class DiscoveryLink:
             return False
         await self._withdraw()
         assert self._mesh.service is not None
-        self._mesh.service.join(decode_token(chosen.listing.invite_token))
+        self._mesh.service.merge(decode_token(chosen.listing.invite_token))
         label = chosen.listing.name or chosen.publisher_npub[:16]
         self._say(f"no serving peers: listing withdrawn, merging into the larger mesh {label}")
         self.publishing = False
         self._started_mesh = False
-        self._merged = True
         return True
 
     async def _withdraw(self) -> None:

@@ -9,19 +9,29 @@ import pytest
 from mesh_llm.cli.commands.run import config_from_args
 from mesh_llm.cli.environment import (
     BIN_DIR_ENV,
+    DISCOVERY_TIME_SCALE_ENV,
     EPHEMERAL_KEY_ENV,
     IROH_FAST_ENV,
     NATIVE_RELAY_ENV,
     FastPath,
     bin_dir,
+    discovery_time_scale,
     ephemeral_key,
     fast_path,
     switched_off,
 )
 from mesh_llm.cli.main import build_parser
+from mesh_llm.discovery import DiscoveryTiming
+from mesh_llm.errors import ConfigError
 from mesh_llm.runtime import NodeConfig
 
-_SWITCHES = (IROH_FAST_ENV, NATIVE_RELAY_ENV, BIN_DIR_ENV, EPHEMERAL_KEY_ENV)
+_SWITCHES = (
+    IROH_FAST_ENV,
+    NATIVE_RELAY_ENV,
+    BIN_DIR_ENV,
+    EPHEMERAL_KEY_ENV,
+    DISCOVERY_TIME_SCALE_ENV,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -100,3 +110,25 @@ def test_ephemeral_key_from_the_variable(monkeypatch: pytest.MonkeyPatch) -> Non
     assert not ephemeral_key({EPHEMERAL_KEY_ENV: ""})
     monkeypatch.setenv(EPHEMERAL_KEY_ENV, "1")
     assert _config().ephemeral_key
+
+
+def test_discovery_time_scale_reaches_the_config_as_scaled_intervals(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert DISCOVERY_TIME_SCALE_ENV == "MESH_LLM_DISCOVERY_TIME_SCALE"
+    monkeypatch.delenv(DISCOVERY_TIME_SCALE_ENV, raising=False)
+    assert _config().discovery_timing == DiscoveryTiming()
+    monkeypatch.setenv(DISCOVERY_TIME_SCALE_ENV, " 0.1 ")
+    timing = _config().discovery_timing
+    assert timing.publish_interval == pytest.approx(6.0)
+    assert timing.watchdog_interval == pytest.approx((2.0, 3.5))
+    assert timing.watchdog_recheck == pytest.approx((0.3, 1.0))
+    assert timing.lonely_after == pytest.approx(9.0)
+    assert DiscoveryTiming().publish_interval == 60.0  # the reference's, unscaled
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "fast", "nan", "inf"])
+def test_a_bad_discovery_time_scale_is_a_clear_config_error(bad: str) -> None:
+    with pytest.raises(ConfigError, match=r"MESH_LLM_DISCOVERY_TIME_SCALE.*positive number"):
+        discovery_time_scale({DISCOVERY_TIME_SCALE_ENV: bad})
+    assert discovery_time_scale({DISCOVERY_TIME_SCALE_ENV: ""}) == 1.0

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from mesh_llm.discovery import (
     WATCHDOG_INTERVAL_S,
     DiscoveredMesh,
+    DiscoveryTiming,
     MeshListing,
     listing_node_id,
     merge_target,
@@ -84,3 +87,15 @@ def test_no_merge_with_serving_peers_or_into_an_equal_or_own_listing() -> None:
     assert (
         merge_target([broken], mesh_id=None, named=False, own_node_id=ME, serving_peers=0) is None
     )
+
+
+def test_discovery_timing_scales_every_interval() -> None:
+    fast = DiscoveryTiming().scaled(0.1)
+    assert fast.publish_interval == pytest.approx(6.0)
+    assert fast.watchdog_interval == pytest.approx((2.0, 3.5))
+    assert fast.watchdog_recheck == pytest.approx((0.3, 1.0))
+    assert (fast.lonely_check, fast.lonely_after) == pytest.approx((3.0, 9.0))
+    assert fast.client_retry == pytest.approx(1.5)
+    assert DiscoveryTiming().watchdog_interval == WATCHDOG_INTERVAL_S
+    with pytest.raises(ValueError, match="positive"):
+        DiscoveryTiming().scaled(0)

@@ -278,6 +278,76 @@ def test_originator_keeps_its_mesh_id() -> None:
     assert m.mesh_id == "mine"
 
 
+def test_a_merging_node_takes_the_mesh_id_of_the_node_it_merges_into() -> None:
+    """The unpublish-and-merge rule: the node leaves its own mesh for the target's, so it takes
+    the target's mesh id (the one exception to "adopt only when none"), once."""
+    m = new(mesh_id="mine")
+    out = m.merge(addr(A), T0)
+    assert m.merging
+    assert [(a.addr.id_bytes, a.reason) for a in of_type(out, Connect)] == [(A, ConnectReason.JOIN)]
+    assert m.mesh_id == "mine"
+    out = member(m, A, T0, me=replace(ann(A), mesh_id="theirs"))
+    assert m.mesh_id == "theirs"
+    assert not m.merging
+    assert of_type(out, MeshIdAdopted) == [MeshIdAdopted("theirs")]
+    assert m.gossip_frame(T0).peers[-1].mesh_id == "theirs"
+    out = m.gossip_received(A, frame(A, me=replace(ann(A), mesh_id="later")), T0 + 1)
+    assert m.mesh_id == "theirs"
+    assert not of_type(out, MeshIdAdopted)
+
+
+def test_a_merge_adopts_only_from_its_target() -> None:
+    m = new(mesh_id="mine")
+    m.merge(addr(A), T0)
+    out = member(m, C, T0, me=replace(ann(C), mesh_id="c-mesh"))
+    assert m.mesh_id == "mine"
+    assert not of_type(out, MeshIdAdopted)
+    assert m.merging
+    member(m, A, T0, replace(ann(B), mesh_id="hearsay"), me=ann(A))  # no mesh id yet
+    assert m.mesh_id == "mine"
+    m.gossip_received(A, frame(A, me=replace(ann(A), mesh_id="theirs")), T0 + 1)
+    assert m.mesh_id == "theirs"
+
+
+def test_a_merge_into_a_connected_peer_gossips_and_adopts_its_reply() -> None:
+    m = new(mesh_id="mine")
+    member(m, A, T0, me=replace(ann(A), mesh_id="theirs"))
+    assert m.mesh_id == "mine"
+    out = m.merge(addr(A), T0 + 1)
+    assert of_type(out, SendGossip) == [SendGossip(A, discover=True)]
+    out = m.gossip_received(A, frame(A, me=replace(ann(A), mesh_id="theirs")), T0 + 1)
+    assert m.mesh_id == "theirs"
+    assert of_type(out, MeshIdAdopted) == [MeshIdAdopted("theirs")]
+
+
+def test_a_merge_with_no_mesh_id_yet_takes_the_target_s_not_another_peer_s() -> None:
+    m = new()
+    m.merge(addr(A), T0)
+    member(m, C, T0, me=replace(ann(C), mesh_id="c-mesh"))
+    assert m.mesh_id == "c-mesh"  # the reference's rule: the first one seen
+    assert m.merging
+    member(m, A, T0, me=replace(ann(A), mesh_id="theirs"))
+    assert m.mesh_id == "theirs"
+    assert not m.merging
+
+
+def test_a_failed_merge_dial_leaves_the_mesh_id_alone() -> None:
+    m = new(mesh_id="mine")
+    m.merge(addr(A), T0)
+    m.connect_failed(A, T0 + 1, "timed out")
+    assert not m.merging
+    member(m, A, T0 + 2, me=replace(ann(A), mesh_id="theirs"))
+    assert m.mesh_id == "mine"
+
+
+def test_a_merge_into_the_same_mesh_changes_nothing() -> None:
+    m = new(mesh_id="same")
+    m.merge(addr(A), T0)
+    out = member(m, A, T0, me=replace(ann(A), mesh_id="same"))
+    assert m.mesh_id == "same"
+    assert not of_type(out, MeshIdAdopted)
+
+
 # --------------------------------------------------------------------------------------------
 # Demand
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from mesh_llm.cli import environment
 from mesh_llm.cli.credentials import api_keys, exposure_warning, join_tokens, mesh_secret
+from mesh_llm.discovery import DiscoveryTiming
 from mesh_llm.errors import ConfigError, ProtocolError
 from mesh_llm.inference import BuildOptions
 from mesh_llm.protocol import decode_invite
@@ -174,6 +175,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         nostr_relays=tuple(args.nostr_relay),
         max_clients=args.max_clients,
         region=args.region,
+        discovery_timing=DiscoveryTiming().scaled(environment.discovery_time_scale(os.environ)),
         chat_template_file=(
             args.chat_template_file.resolve() if args.chat_template_file is not None else None
         ),
