@@ -16,7 +16,9 @@ silently, as in the original). Routes:
   scripts and styles (hand-written, no build step), cached as immutable (the page asks for them
   with ``?v=<version>``).
 
-Errors are ``{"error": msg}`` with a matching status; unknown routes 404.
+Errors are ``{"error": msg}`` with a matching status; unknown routes 404. Bound to loopback,
+requests addressed to another ``Host`` name are refused (403) before any route
+(``protocol/hosts``: DNS rebinding).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from mesh_llm.models import catalog_entries
 from mesh_llm.network import UNAUTHORIZED_MESSAGE, ApiKeys
 from mesh_llm.protocol import (
     CorsPolicy,
+    HostPolicy,
     Request,
     RequestComplete,
     RequestReader,
@@ -115,6 +118,7 @@ class ManagementServer:
         discover: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None,
         load_model: ModelAction | None = None,
         unload_model: ModelAction | None = None,
+        hosts: HostPolicy | None = None,
     ) -> None:
         self._host = host
         self._requested_port = port
@@ -128,6 +132,9 @@ class ManagementServer:
         self._load_model = load_model
         self._unload_model = unload_model
         """``--api-key``: required by every method other than GET and OPTIONS."""
+        self._hosts = hosts
+        """Which ``Host`` names may be addressed (protocol/hosts: the guard against DNS
+        rebinding, checked before every route, the event stream included); None: any."""
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self.port = port
@@ -208,7 +215,12 @@ class ManagementServer:
         def send(response: bytes) -> None:
             writer.write(with_cors(response, cors))
 
-        if method == "OPTIONS":
+        if self._hosts is not None and host is not None and not self._hosts.allows(host):
+            # A page whose name was re-pointed at this machine (DNS rebinding) is same-origin
+            # to the browser and would read the invite token: only its Host gives it away.
+            log.info("refused a request addressed to Host %r", host[:100])
+            send(_error(403, self._hosts.refusal(host)))
+        elif method == "OPTIONS":
             send(
                 render_response(
                     204,

@@ -51,6 +51,7 @@ from mesh_llm.protocol.frames import (
     parse_frame_length,
     parse_stream_type,
 )
+from mesh_llm.protocol.hosts import HostPolicy, allowed_host_name
 from mesh_llm.protocol.http1 import (
     CONTINUE_RESPONSE,
     DEFAULT_MAX_BODY,
@@ -116,6 +117,7 @@ __all__: list[str] = [
     "serialize_forward",
 ]
 __all__ += ["CorsPolicy", "with_cors"]
+__all__ += ["HostPolicy", "allowed_host_name"]
 __all__ += [
     "ALPN",
     "ALPN_LEGACY",

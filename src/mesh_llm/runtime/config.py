@@ -18,6 +18,9 @@ class NodeConfig:
     port: int = 9337
     console_port: int = 3131
     listen_all: bool = False
+    allowed_hosts: tuple[str, ...] = ()
+    """``--allow-host``: more ``Host`` names the loopback-bound API and console answer
+    (protocol/hosts; ``*``: any)."""
     max_vram_gb: float | None = None
     ctx_size: int | None = None
     bin_dir: Path | None = None

@@ -73,7 +73,7 @@ from mesh_llm.network import (
     native_relay_status,
     prepare_native_relay,
 )
-from mesh_llm.protocol import PeerAnnouncement, PeerId, Request, render_response
+from mesh_llm.protocol import HostPolicy, PeerAnnouncement, PeerId, Request, render_response
 from mesh_llm.runtime import status as status_json
 from mesh_llm.runtime.announce import self_announcement
 from mesh_llm.runtime.config import NodeConfig
@@ -823,6 +823,9 @@ class Node:
             0 if self.config.client else capacity_bytes(self.survey, self.config.max_vram_gb)
         )
 
+        # Loopback-bound ports answer loopback Host names only (DNS rebinding); the tunnel
+        # ingress below checks none: its requests were checked at the node they entered.
+        hosts = HostPolicy.for_listener(self.config.bind_host, self.config.allowed_hosts)
         self.ingress = Ingress(
             host=self.config.bind_host,
             port=self.config.port,
@@ -836,6 +839,7 @@ class Node:
             cold_start=self.cold_start if self.config.cold_start_timeout > 0 else None,
             cold_start_timeout=self.config.cold_start_timeout,
             control=self.mesh_control,
+            hosts=hosts,
         )
         # Requests arriving through an HTTP tunnel are served from the stream by this second
         # ingress (never listening), which routes to local llama-servers only: a tunnelled
@@ -870,6 +874,7 @@ class Node:
             discover=self.discovery.discover_json,
             load_model=self.api_load,
             unload_model=self.api_unload,
+            hosts=hosts,
         )
         await self.ingress.start()
         self._api_port = self.ingress.port

@@ -103,3 +103,16 @@ def test_a_private_mesh_is_never_published_nor_auto(tmp_path: Path) -> None:
     assert config.mesh_secret is None
     config = config_from_args(parser.parse_args(["--mesh-secret", "s3cret-words", "--client"]))
     assert config.mesh_secret == "s3cret-words"
+
+
+def test_allow_host_names_are_normalised_and_bad_ones_refused() -> None:
+    parser = build_parser()
+    config = config_from_args(
+        parser.parse_args(["--client", "--allow-host", "My-Box.LAN", "--allow-host", "[::2]"])
+    )
+    assert config.allowed_hosts == ("my-box.lan", "::2")
+    assert config_from_args(parser.parse_args(["--client"])).allowed_hosts == ()
+    with pytest.raises(ConfigError, match="--allow-host: 'box:9337': give the name only"):
+        config_from_args(parser.parse_args(["--client", "--allow-host", "box:9337"]))
+    with pytest.raises(ConfigError, match="--allow-host"):
+        config_from_args(parser.parse_args(["--client", "--allow-host", "http://box/"]))

@@ -14,7 +14,7 @@ from mesh_llm.cli.credentials import api_keys, exposure_warning, join_tokens, me
 from mesh_llm.discovery import DiscoveryTiming
 from mesh_llm.errors import ConfigError, ProtocolError
 from mesh_llm.inference import BuildOptions
-from mesh_llm.protocol import decode_invite
+from mesh_llm.protocol import allowed_host_name, decode_invite
 from mesh_llm.runtime import Node, NodeConfig
 
 __all__ = ["add_run_arguments", "config_from_args", "run"]
@@ -38,6 +38,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                        help="management API and console port (default 3131)")  # fmt: skip
     group.add_argument("--listen-all", action="store_true",
                        help="bind the API and console on 0.0.0.0 instead of 127.0.0.1")  # fmt: skip
+    group.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                       help="also answer requests addressed to this host name on the "
+                            "loopback-bound API and console (repeatable; '*': any name; "
+                            "others are refused against DNS rebinding)")  # fmt: skip
     group.add_argument("--api-key", action="append", default=[], metavar="KEY",
                        help="require this key on :9337 (Authorization: Bearer or x-api-key) "
                             "and on :3131's mutating routes (repeatable; also "
@@ -133,6 +137,12 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
             raise ConfigError(f"--gguf {path}: no such file")
     if args.chat_template_file is not None and not args.chat_template_file.is_file():
         raise ConfigError(f"--chat-template-file {args.chat_template_file}: no such file")
+    allowed_hosts = []
+    for name in args.allow_host:
+        try:
+            allowed_hosts.append(allowed_host_name(name))
+        except ValueError as exc:
+            raise ConfigError(f"--allow-host: {exc}") from None
     fast = environment.fast_path(os.environ)
     join = join_tokens(args.join, args.join_file, os.environ)
     secret = mesh_secret(args.mesh_secret, args.mesh_secret_file, os.environ)
@@ -153,6 +163,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         port=args.port,
         console_port=args.console,
         listen_all=args.listen_all,
+        allowed_hosts=tuple(allowed_hosts),
         max_vram_gb=args.max_vram,
         ctx_size=args.ctx_size,
         bin_dir=environment.bin_dir(args.bin_dir, os.environ),

@@ -53,6 +53,7 @@ from mesh_llm.network.relay import (
 from mesh_llm.network.transport import BiStream
 from mesh_llm.protocol.cors import CorsPolicy, with_cors
 from mesh_llm.protocol.event_streams import EventStreamRewriter, rewriter_for
+from mesh_llm.protocol.hosts import HostPolicy
 from mesh_llm.protocol.http1 import (
     CONTINUE_RESPONSE,
     DEFAULT_MAX_BODY,
@@ -310,6 +311,7 @@ class Ingress:
         cold_start: Callable[[str], Awaitable[Warmup | str | None]] | None = None,
         cold_start_timeout: float = COLD_START_TIMEOUT_S,
         control: Callable[[Request], Awaitable[bytes | None]] | None = None,
+        hosts: HostPolicy | None = None,
     ) -> None:
         self._host = host
         self._requested_port = port
@@ -345,6 +347,9 @@ class Ingress:
         """Which web pages may read the answers (protocol/cors): any when a key guards the API,
         else local ones only. Applied to the listener's clients; a tunnelled request's
         response head is left to the ingress it entered."""
+        self._hosts = hosts
+        """Which ``Host`` names the listener's clients may address (protocol/hosts: the guard
+        against DNS rebinding); None: any. Tunnelled requests were checked where they entered."""
         self.substitutions_total = 0
         """Requests for an unknown model answered by another one."""
         self.substitutions: dict[str, int] = {}
@@ -468,12 +473,19 @@ class Ingress:
         self.requests_total += 1
         if isinstance(conn, _SocketClient):
             origin, host = request.header("Origin"), request.header("Host")
+            if self._hosts is not None and host is not None and not self._hosts.allows(host):
+                # A page whose name was re-pointed at this machine (DNS rebinding) is
+                # same-origin to the browser: only the Host it sends gives it away.
+                logger.info("refused a request addressed to Host %r", host[:100])
+                with contextlib.suppress(ConnectionError):
+                    await conn.send(_refused(request.path, self._hosts.refusal(host), "host"))
+                return
             conn.cors = self._cors.header_lines(origin, host)
             if request.method != "OPTIONS" and self._cors.refuses(origin, host):
                 # A page of another site: no CORS header lets it read the answer, and this
                 # keeps its "simple" requests (sent without a preflight) from using the node.
                 with contextlib.suppress(ConnectionError):
-                    await conn.send(_origin_refused(request.path))
+                    await conn.send(_refused(request.path, ORIGIN_REFUSED_MESSAGE, "origin"))
                 return
         if isinstance(conn, _SocketClient) and not self._authorized(request):
             with contextlib.suppress(ConnectionError):
@@ -978,19 +990,14 @@ ORIGIN_REFUSED_MESSAGE = (
 )
 
 
-def _origin_refused(path: str) -> bytes:
-    """403 in the dialect of the API at ``path``."""
+def _refused(path: str, message: str, what: str) -> bytes:
+    """403 in the dialect of the API at ``path``; OpenAI's code is ``{what}_not_allowed``."""
     if path.startswith("/v1/messages"):
         body = json.dumps(
-            {
-                "type": "error",
-                "error": {"type": "permission_error", "message": ORIGIN_REFUSED_MESSAGE},
-            }
+            {"type": "error", "error": {"type": "permission_error", "message": message}}
         ).encode()
         return render_response(403, [_JSON], body)
-    return render_openai_error(
-        403, ORIGIN_REFUSED_MESSAGE, "invalid_request_error", "origin_not_allowed"
-    )
+    return render_openai_error(403, message, "invalid_request_error", f"{what}_not_allowed")
 
 
 def _unauthorized(path: str) -> bytes:
