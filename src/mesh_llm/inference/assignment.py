@@ -31,6 +31,7 @@ from mesh_llm.inference.placement import FIT_FACTOR
 
 __all__ = [
     "ACTIVE_WINDOW_S",
+    "AUTO_PACK_BUDGET",
     "HOT_RATIO",
     "MIN_HOT_REQUESTS",
     "MIN_ON_DISK_BYTES",
@@ -41,6 +42,7 @@ __all__ = [
     "DemandView",
     "LoaderCandidate",
     "LocalModel",
+    "auto_pack_assignment",
     "check_unserved_model",
     "choose_cold_start",
     "node_hash",
@@ -156,6 +158,42 @@ def pick_model_assignment(
         pick = downloadable[h % len(downloadable)]
         return Assignment(AssignmentKind.DOWNLOAD, pick.name, "unserved catalog model that fits")
     return Assignment(AssignmentKind.STANDBY, None, "nothing unserved fits here: standby")
+
+
+AUTO_PACK_BUDGET = 0.85
+"""An ``auto_model_pack`` model must fit in this share of the node's memory (spec)."""
+
+
+def auto_pack_assignment(
+    *,
+    capacity: int,
+    pack: Sequence[tuple[int, str]],
+    catalog: Sequence[LocalModel],
+    on_disk: Sequence[LocalModel],
+) -> Assignment:
+    """What a node serves when its ``--auto`` found no mesh and started one (spec surface §4:
+    ``auto_model_pack``). ``pack``: (minimum memory in bytes, model), largest first. The tier's
+    model must fit in 85 % of ``capacity`` (size x 1.1); otherwise the largest catalog model
+    that does, one on disk first. On disk: served from there; else a download."""
+    budget = int(capacity * AUTO_PACK_BUDGET)
+    disk = {m.name for m in on_disk}
+    sizes = {m.name: m.size_bytes for m in catalog}
+    tier = next((name for least, name in pack if capacity >= least), None)
+    gb = capacity / 1e9
+    if tier is not None and tier in sizes and _fits(sizes[tier], budget):
+        pick, reason = tier, f"--auto started this mesh: auto_model_pack for {gb:.1f} GB"
+    else:
+        fitting = [m for m in catalog if _fits(m.size_bytes, budget)]
+        if not fitting:
+            return Assignment(
+                AssignmentKind.STANDBY, None, "--auto started this mesh: no catalog model fits"
+            )
+        best = max(fitting, key=lambda m: (m.name in disk, m.size_bytes, m.name))
+        pick = best.name
+        reason = f"--auto started this mesh: the largest catalog model for {gb:.1f} GB"
+    if pick in disk:
+        return Assignment(AssignmentKind.SERVE, pick, reason + ", on disk")
+    return Assignment(AssignmentKind.DOWNLOAD, pick, reason)
 
 
 def check_unserved_model(

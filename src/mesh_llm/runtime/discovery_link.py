@@ -115,10 +115,23 @@ class DiscoveryLink:
         """``--auto`` found nothing and started this mesh: it merges into a larger one when
         alone (the unpublish-and-merge rule)."""
         self._rng = random.Random()
+        self.decided = asyncio.Event()
+        """Set once ``--auto`` has joined a mesh or started one (at once without ``--auto``):
+        the node's first model assignment waits for it."""
 
     @property
     def active(self) -> bool:
         return self.publishing or self._auto
+
+    @property
+    def auto(self) -> bool:
+        """``--auto`` looks for a mesh to join (not given ``--join``)."""
+        return self._auto
+
+    @property
+    def started_mesh(self) -> bool:
+        """``--auto`` found no mesh to join and this node started one."""
+        return self._started_mesh
 
     def _dir(self) -> NostrDirectory:
         if self._directory is None:
@@ -128,7 +141,11 @@ class DiscoveryLink:
 
     async def run(self) -> None:
         if self._auto:
-            await self._auto_join()
+            try:
+                await self._auto_join()
+            finally:
+                self.decided.set()
+        self.decided.set()
         while True:
             if self.publishing:
                 await self._publish_loop()  # returns after a merge into a larger mesh

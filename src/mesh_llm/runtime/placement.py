@@ -33,6 +33,7 @@ from mesh_llm.inference.assignment import (
     DemandView,
     LoaderCandidate,
     LocalModel,
+    auto_pack_assignment,
     check_unserved_model,
     choose_cold_start,
     pick_model_assignment,
@@ -42,6 +43,7 @@ from mesh_llm.models import (
     catalog_entries,
     find_catalog_entry,
     installed_models,
+    load_catalog,
     read_gguf_info,
 )
 from mesh_llm.network import UpstreamStream, Warmup
@@ -58,6 +60,8 @@ NOT_READY = "llama.cpp is not ready on this node yet; retry shortly"
 """Why a cold start that only this node could serve cannot start while llama.cpp is prepared."""
 PEER_LOAD_TIMEOUT_S = 15.0
 """How long a peer may take to accept a cold-start load (it answers 202 once begun)."""
+AUTO_DECIDE_BOUND_S = 60.0
+"""How long the first assignment waits for ``--auto`` to join or start a mesh."""
 
 
 class Placement:
@@ -138,6 +142,11 @@ class Placement:
         timing = self._node.timing
         await self.refresh_inventory()
         await asyncio.sleep(timing.standby_settle)
+        discovery = self._node.discovery
+        # --auto joins or starts a mesh first: that decides what this node serves.
+        if discovery is not None and discovery.auto:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(discovery.decided.wait(), AUTO_DECIDE_BOUND_S)
         first = True
         next_inventory = time.monotonic() + timing.inventory_refresh
         while True:
@@ -160,6 +169,12 @@ class Placement:
                 for e in catalog_entries()
                 if not e.is_draft and not e.embedding
             ]
+        if first and node.discovery is not None and node.discovery.started_mesh:
+            pack = [(t.min_vram_bytes, t.model) for t in load_catalog().auto_model_pack]
+            choice = auto_pack_assignment(
+                capacity=self._free(), pack=pack, catalog=catalog, on_disk=self._on_disk()
+            )
+        elif first:
             choice = pick_model_assignment(
                 node_id=node_id,
                 capacity=self._free(),

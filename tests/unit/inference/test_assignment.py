@@ -14,6 +14,7 @@ from mesh_llm.inference.assignment import (
     DemandView,
     LoaderCandidate,
     LocalModel,
+    auto_pack_assignment,
     check_unserved_model,
     choose_cold_start,
     node_hash,
@@ -218,3 +219,44 @@ def test_cold_start_catalog_download_when_nobody_has_it() -> None:
     assert msg == (
         "no node has room for m: it needs 11.00 GB and the most any node has free is 6.00 GB"
     )
+
+
+# -- --auto started a mesh: auto_model_pack (spec surface §4) -----------------------------------
+
+GB_ = 1_000_000_000
+PACK = [(24 * GB_, "big-27b"), (8 * GB_, "mid-8b"), (0, "small-4b")]
+CATALOG = [
+    LocalModel("big-27b", 20 * GB_),
+    LocalModel("mid-8b", 5 * GB_),
+    LocalModel("small-4b", int(2.5 * GB_)),
+    LocalModel("tiny", GB_ // 2),
+]
+
+
+def test_auto_pack_picks_the_tier_for_the_nodes_memory_as_a_download() -> None:
+    pick = auto_pack_assignment(capacity=10 * GB_, pack=PACK, catalog=CATALOG, on_disk=[])
+    assert (pick.kind, pick.model) == (AssignmentKind.DOWNLOAD, "mid-8b")
+    assert "auto_model_pack for 10.0 GB" in pick.reason
+    top = auto_pack_assignment(capacity=80 * GB_, pack=PACK, catalog=CATALOG, on_disk=[])
+    assert top.model == "big-27b"
+
+
+def test_auto_pack_model_on_disk_is_served_from_there() -> None:
+    disk = [LocalModel("mid-8b", 5 * GB_)]
+    pick = auto_pack_assignment(capacity=10 * GB_, pack=PACK, catalog=CATALOG, on_disk=disk)
+    assert (pick.kind, pick.model) == (AssignmentKind.SERVE, "mid-8b")
+
+
+def test_a_tier_that_misses_85_percent_falls_back_to_the_largest_fitting_on_disk_first() -> None:
+    # 24 GB reaches the 27B tier, but 20 GB x 1.1 = 22 GB > 0.85 x 24 GB = 20.4 GB.
+    pick = auto_pack_assignment(capacity=24 * GB_, pack=PACK, catalog=CATALOG, on_disk=[])
+    assert pick.model == "mid-8b"
+    assert "largest catalog model" in pick.reason
+    disk = [LocalModel("tiny", GB_ // 2)]
+    on_disk = auto_pack_assignment(capacity=24 * GB_, pack=PACK, catalog=CATALOG, on_disk=disk)
+    assert (on_disk.kind, on_disk.model) == (AssignmentKind.SERVE, "tiny")
+
+
+def test_auto_pack_with_nothing_that_fits_stands_by() -> None:
+    pick = auto_pack_assignment(capacity=GB_ // 4, pack=PACK, catalog=CATALOG, on_disk=[])
+    assert (pick.kind, pick.model) == (AssignmentKind.STANDBY, None)
