@@ -58,6 +58,18 @@ def http_json(url: str, timeout: float = 5.0) -> Any:
         raise
 
 
+def post_json(url: str, payload: object, timeout: float = 300) -> tuple[int, dict[str, Any]]:
+    """POST ``payload`` as JSON: the status and the JSON body, error statuses included."""
+    req = urllib.request.Request(url, json.dumps(payload).encode(), method="POST")
+    req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+
 @dataclass
 class MeshNode:
     """One ``mesh-llm`` subprocess."""

@@ -28,15 +28,13 @@ import json
 import signal
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.integration.harness import MeshNode, smollm_path, wait_for
+from tests.integration.harness import MeshNode, post_json, smollm_path, wait_for
 from tests.integration.load import MODEL, one_stream
 
 pytestmark = pytest.mark.e2e
@@ -133,6 +131,28 @@ def _end(orphans: list[psutil.Process]) -> None:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
     psutil.wait_procs(orphans, timeout=10)
+
+
+@contextlib.contextmanager
+def background_traffic(*nodes: MeshNode) -> Iterator[list[str]]:
+    """Short streamed chats for MODEL back to back at each of ``nodes`` while the block runs;
+    yields the list their outcome kinds are appended to (complete once the block has left)."""
+    outcomes: list[str] = []
+    stop = threading.Event()
+
+    def traffic(node: MeshNode) -> None:
+        while not stop.is_set():
+            outcomes.append(one_stream(node.api_port, 4, STREAM_DEADLINE_S, "Say hi.").kind)
+
+    threads = [threading.Thread(target=traffic, args=(n,), daemon=True) for n in nodes]
+    for t in threads:
+        t.start()
+    try:
+        yield outcomes
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(STREAM_DEADLINE_S + 10)
 
 
 def test_kill9_of_the_bootstrap_during_join(tmp_path: Path) -> None:
@@ -238,17 +258,7 @@ def test_kill9_of_a_peer_while_its_model_loads(tmp_path: Path) -> None:
         b.wait_models({MODEL}, timeout=60)
         c = MeshNode("C", tmp_path / "C", ["--gguf", str(far), "--join", token, *MESH]).start()
         nodes.append(c)
-        outcomes: list[str] = []
-        stop = threading.Event()
-
-        def traffic(node: MeshNode) -> None:
-            while not stop.is_set():
-                outcomes.append(one_stream(node.api_port, 4, STREAM_DEADLINE_S, "Say hi.").kind)
-
-        threads = [threading.Thread(target=traffic, args=(n,), daemon=True) for n in (a, b)]
-        for t in threads:
-            t.start()
-        try:
+        with background_traffic(a, b) as outcomes:
             c_id = wait_for(lambda: c.status()["node_id_full"], 60, "C's console")
 
             def a_peers() -> set[str]:
@@ -266,10 +276,6 @@ def test_kill9_of_a_peer_while_its_model_loads(tmp_path: Path) -> None:
             wait_for(lambda: c_id not in a_peers(), 10, "A to drop C", 0.05)
             dropped = time.monotonic() - killed
             time.sleep(1.0)
-        finally:
-            stop.set()
-            for t in threads:
-                t.join(STREAM_DEADLINE_S + 10)
         assert dropped <= 5.5, f"A dropped C after {dropped:.1f} s"
         assert "smollm-loading" not in a.model_ids()
         assert "smollm-loading" not in b.model_ids()
@@ -280,17 +286,6 @@ def test_kill9_of_a_peer_while_its_model_loads(tmp_path: Path) -> None:
         for node in reversed(nodes):
             node.stop()
         _end(orphans)
-
-
-def _post_json(url: str, payload: object, timeout: float) -> tuple[int, dict[str, object]]:
-    req = urllib.request.Request(url, json.dumps(payload).encode(), method="POST")
-    req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, json.loads(exc.read() or b"{}")
 
 
 def test_kill9_of_a_runtime_load(tmp_path: Path) -> None:
@@ -311,23 +306,14 @@ def test_kill9_of_a_runtime_load(tmp_path: Path) -> None:
         nodes.append(b)
         b.wait_models({MODEL}, timeout=60)
         first = _llama_server(a).pid
-        outcomes: list[str] = []
         answer: list[tuple[int, dict[str, object]]] = []
-        stop = threading.Event()
-
-        def traffic(node: MeshNode) -> None:
-            while not stop.is_set():
-                outcomes.append(one_stream(node.api_port, 4, STREAM_DEADLINE_S, "Say hi.").kind)
 
         def load() -> None:
             url = f"http://127.0.0.1:{a.console_port}/api/runtime/models"
-            answer.append(_post_json(url, {"model": "extra"}, RECOVERY_BOUND_S))
+            answer.append(post_json(url, {"model": "extra"}, RECOVERY_BOUND_S))
 
-        threads = [threading.Thread(target=traffic, args=(n,), daemon=True) for n in (a, b)]
         loader = threading.Thread(target=load, daemon=True)
-        for t in threads:
-            t.start()
-        try:
+        with background_traffic(a, b) as outcomes:
             loader.start()
 
             def second() -> psutil.Process | None:
@@ -343,10 +329,6 @@ def test_kill9_of_a_runtime_load(tmp_path: Path) -> None:
             loader.join(RECOVERY_BOUND_S + 10)
             answered = time.monotonic() - killed
             time.sleep(1.0)
-        finally:
-            stop.set()
-            for t in threads:
-                t.join(STREAM_DEADLINE_S + 10)
         assert not listed, "extra was ready before the kill: not a kill during load"
         assert answer, f"the load call never answered\n{a.log_tail()}"
         status, body = answer[0]
@@ -356,7 +338,7 @@ def test_kill9_of_a_runtime_load(tmp_path: Path) -> None:
         wait_for(lambda: "extra" in b.model_ids(), 10, "B to see extra")
         chat = {"model": "extra", "messages": [{"role": "user", "content": "Hi."}], "max_tokens": 4}
         url = f"http://127.0.0.1:{b.api_port}/v1/chat/completions"
-        status, reply = _post_json(url, chat, STREAM_DEADLINE_S)
+        status, reply = post_json(url, chat, STREAM_DEADLINE_S)
         assert (status, reply.get("model")) == (200, "extra"), reply
         assert outcomes, "no request was sent during the fault"
         assert set(outcomes) == {"ok"}, f"{outcomes}\n{a.log_tail()}"

@@ -21,7 +21,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.integration.harness import MeshNode, smollm_path, wait_for
+from tests.integration.harness import MeshNode, post_json, smollm_path, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -47,18 +47,6 @@ def model_store(root: Path, *names: str, with_smol: bool = True) -> dict[str, st
 def cli(node: MeshNode, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-m", "mesh_llm", *args, "--port", str(node.console_port)]
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def post(url: str, payload: object, timeout: float = 300) -> tuple[int, dict[str, Any]]:
-    data = json.dumps(payload).encode()
-    req = urllib.request.Request(url, data=data, method="POST")
-    req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, json.loads(exc.read() or b"{}")
 
 
 def client(node: MeshNode) -> openai.OpenAI:
@@ -146,7 +134,7 @@ def test_load_unload_status_and_memory_accounting(solo: MeshNode) -> None:
         assert "409" in again.stderr
         assert "already loaded" in again.stderr
 
-        status, body = post(f"{node.console}/api/runtime/models", {"model": "tiny-c"})
+        status, body = post_json(f"{node.console}/api/runtime/models", {"model": "tiny-c"})
         assert status == 422, body
         assert "does not fit" in body["error"]
         assert "0.25 GB" in body["error"]

@@ -90,9 +90,9 @@ class Mesh:
         return Warmup(COLD, where, failure=lambda: self.failure)
 
 
-@contextlib.asynccontextmanager
-async def ingress_for(mesh: Mesh, **kwargs: object) -> AsyncIterator[Ingress]:
-    ingress = Ingress(
+def make_ingress(mesh: Mesh, **kwargs: object) -> Ingress:
+    """An ingress on a free loopback port whose routing and cold starts are ``mesh``'s."""
+    return Ingress(
         host="127.0.0.1",
         port=0,
         snapshot=mesh.snapshot,
@@ -101,6 +101,11 @@ async def ingress_for(mesh: Mesh, **kwargs: object) -> AsyncIterator[Ingress]:
         cold_start=mesh.cold_start,
         **kwargs,  # type: ignore[arg-type]
     )
+
+
+@contextlib.asynccontextmanager
+async def ingress_for(mesh: Mesh, **kwargs: object) -> AsyncIterator[Ingress]:
+    ingress = make_ingress(mesh, **kwargs)
     await ingress.start()
     try:
         yield ingress
@@ -513,14 +518,7 @@ async def test_close_during_a_cold_started_stream_ends_it_with_an_error_event_at
     async with running(sse([b"first", b"second", b"last"], gate=gate)) as up:
         mesh = Mesh(loads_to=to(COLD, up))
         mesh.answer = mesh.warmup()
-        ingress = Ingress(
-            host="127.0.0.1",
-            port=0,
-            snapshot=mesh.snapshot,
-            connect=connect_local,
-            models_listing=list,
-            cold_start=mesh.cold_start,
-        )
+        ingress = make_ingress(mesh)
         await ingress.start()
         reader, writer = await asyncio.open_connection("127.0.0.1", ingress.port)
         writer.write(chat(COLD, stream=True))
@@ -536,14 +534,7 @@ async def test_close_during_a_cold_started_stream_ends_it_with_an_error_event_at
 async def test_close_while_a_stream_waits_for_its_model_ends_it_with_an_error_event() -> None:
     mesh = Mesh()  # the load never comes up
     mesh.answer = mesh.warmup()
-    ingress = Ingress(
-        host="127.0.0.1",
-        port=0,
-        snapshot=mesh.snapshot,
-        connect=connect_local,
-        models_listing=list,
-        cold_start=mesh.cold_start,
-    )
+    ingress = make_ingress(mesh)
     await ingress.start()
     reader, writer = await asyncio.open_connection("127.0.0.1", ingress.port)
     writer.write(chat(COLD, stream=True))
@@ -556,14 +547,7 @@ async def test_close_while_a_stream_waits_for_its_model_ends_it_with_an_error_ev
 async def test_close_while_a_request_waits_for_its_model_answers_503() -> None:
     mesh = Mesh()
     mesh.answer = mesh.warmup()
-    ingress = Ingress(
-        host="127.0.0.1",
-        port=0,
-        snapshot=mesh.snapshot,
-        connect=connect_local,
-        models_listing=list,
-        cold_start=mesh.cold_start,
-    )
+    ingress = make_ingress(mesh)
     await ingress.start()
     reader, writer = await asyncio.open_connection("127.0.0.1", ingress.port)
     writer.write(chat(COLD))
